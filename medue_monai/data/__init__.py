@@ -1,0 +1,14 @@
+"""Data sources mapped into MONAI-style dict items (``image``, ``label``, ``id``)."""
+
+from .classification import ClassificationDataset, ClassificationSource, load_classification_source
+from .medmnist import load_medmnist, resolve_medmnist_path
+from .synthetic import make_synthetic_classification
+
+__all__ = [
+    "ClassificationDataset",
+    "ClassificationSource",
+    "load_classification_source",
+    "load_medmnist",
+    "make_synthetic_classification",
+    "resolve_medmnist_path",
+]

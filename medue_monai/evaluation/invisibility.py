@@ -1,0 +1,83 @@
+"""Invisibility and budget metrics computed on written (quantized) images."""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage.metrics import normalized_mutual_information, peak_signal_noise_ratio, structural_similarity
+
+__all__ = ["budget_metrics", "invisibility_metrics", "hash_similarity"]
+
+
+def _as_nhwc(images: np.ndarray) -> np.ndarray:
+    return images[..., None] if images.ndim == 3 else images
+
+
+def budget_metrics(clean: np.ndarray, protected: np.ndarray, max_value: float = 255.0) -> dict[str, float]:
+    """L-inf, L2 and L0 of ``protected - clean`` in [0, 1] units.
+
+    Args:
+        clean: ``(N, H, W[, C])`` originals.
+        protected: same shape, as written.
+        max_value: the value mapped to 1.0 (255 for uint8).
+
+    Returns:
+        ``linf_max`` (max over all pixels), ``l2_mean`` / ``l2_max`` (per-image L2 norms), and
+        ``l0_share`` (share of pixel positions where any channel changed).
+    """
+    delta = (_as_nhwc(protected).astype(np.float64) - _as_nhwc(clean).astype(np.float64)) / max_value
+    changed = np.any(delta != 0, axis=-1)
+    l2 = np.sqrt((delta.reshape(delta.shape[0], -1) ** 2).sum(axis=1))
+    return {
+        "linf_max": float(np.abs(delta).max()) if delta.size else 0.0,
+        "l2_mean": float(l2.mean()) if l2.size else 0.0,
+        "l2_max": float(l2.max()) if l2.size else 0.0,
+        "l0_share": float(changed.mean()) if changed.size else 0.0,
+    }
+
+
+def hash_similarity(clean: np.ndarray, protected: np.ndarray) -> dict[str, float]:
+    """Mean perceptual-hash similarity in percent (100 = identical hashes): aHash, pHash, dHash."""
+    import imagehash
+    from PIL import Image
+
+    scores = {"ahash": [], "phash": [], "dhash": []}
+    functions = {"ahash": imagehash.average_hash, "phash": imagehash.phash, "dhash": imagehash.dhash}
+    for a, b in zip(_as_nhwc(clean), _as_nhwc(protected)):
+        image_a = Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a)
+        image_b = Image.fromarray(b.squeeze(-1) if b.shape[-1] == 1 else b)
+        for name, function in functions.items():
+            hash_a, hash_b = function(image_a), function(image_b)
+            scores[name].append(100.0 * (1.0 - (hash_a - hash_b) / hash_a.hash.size))
+    return {name: float(np.mean(values)) for name, values in scores.items()}
+
+
+def invisibility_metrics(
+    clean: np.ndarray, protected: np.ndarray, max_value: float = 255.0, hashes: bool = True
+) -> dict[str, float]:
+    """Mean PSNR (dB), SSIM, NMI and hash similarities between clean and protected images.
+
+    PSNR is computed from the mean squared error over the whole set (identical images give
+    ``inf``, reported as ``float('inf')``); SSIM and NMI are per-image means (skimage).
+
+    Args:
+        clean: ``(N, H, W[, C])`` originals as written (uint8).
+        protected: same shape.
+        max_value: data range.
+        hashes: also compute aHash/pHash/dHash similarity.
+
+    Returns:
+        A dictionary with ``psnr``, ``ssim``, ``nmi`` and (optionally) ``ahash``, ``phash``, ``dhash``.
+    """
+    clean4, prot4 = _as_nhwc(clean), _as_nhwc(protected)
+    psnr = float(peak_signal_noise_ratio(clean4, prot4, data_range=max_value)) if not np.array_equal(clean4, prot4) else float("inf")
+    channel_axis = -1
+    ssim_values, nmi_values = [], []
+    for a, b in zip(clean4, prot4):
+        side = min(a.shape[0], a.shape[1])
+        window = min(7, side if side % 2 == 1 else side - 1)
+        ssim_values.append(structural_similarity(a, b, data_range=max_value, channel_axis=channel_axis, win_size=window))
+        nmi_values.append(normalized_mutual_information(a, b, bins=64))
+    result = {"psnr": psnr, "ssim": float(np.mean(ssim_values)), "nmi": float(np.mean(nmi_values))}
+    if hashes:
+        result.update(hash_similarity(clean4, prot4))
+    return result

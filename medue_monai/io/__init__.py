@@ -1,0 +1,16 @@
+"""Writers for the released dataset, manifests and atomic output folders."""
+
+from .atomic import atomic_output_dir, check_output_dir
+from .manifest import MANIFEST_NAME, build_manifest, read_manifest, write_manifest
+from .npz import quantize_protected, write_npz
+
+__all__ = [
+    "MANIFEST_NAME",
+    "atomic_output_dir",
+    "build_manifest",
+    "check_output_dir",
+    "quantize_protected",
+    "read_manifest",
+    "write_manifest",
+    "write_npz",
+]

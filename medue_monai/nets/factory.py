@@ -1,0 +1,82 @@
+"""Classification networks by name, built from ``monai.networks.nets`` where MONAI has them."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import DenseNet121, ResNet
+from torch import nn
+
+from ..utils import MedueError
+from .vgg import VGG11
+
+__all__ = ["CLASSIFIER_NAMES", "PadTo", "get_classifier"]
+
+CLASSIFIER_NAMES = ("resnet18", "resnet50", "vgg11", "densenet121")
+
+
+class PadTo(nn.Module):
+    """Zero-pad inputs symmetrically up to a minimum spatial size before a network.
+
+    Used for networks whose pooling pyramid needs 32x32 (VGG-11, DenseNet-121) on 28x28 MedMNIST.
+
+    Args:
+        network: the wrapped network.
+        min_size: minimum side length.
+    """
+
+    def __init__(self, network: nn.Module, min_size: int = 32) -> None:
+        super().__init__()
+        self.network = network
+        self.min_size = min_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad_h = max(0, self.min_size - x.shape[-2])
+        pad_w = max(0, self.min_size - x.shape[-1])
+        if pad_h or pad_w:
+            x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+        return self.network(x)
+
+
+def _resnet(block: str, layers: list[int], in_channels: int, num_classes: int, small: bool) -> nn.Module:
+    # small inputs (<= 64 px): 3x3 stride-1 stem, no max-pool (the SALM paper's 28x28 ResNet);
+    # large inputs: the torchvision-like 7x7 stride-2 stem with max-pool.
+    return ResNet(
+        block=block,
+        layers=layers,
+        block_inplanes=[64, 128, 256, 512],
+        spatial_dims=2,
+        n_input_channels=in_channels,
+        conv1_t_size=3 if small else 7,
+        conv1_t_stride=1 if small else 2,
+        no_max_pool=small,
+        num_classes=num_classes,
+    )
+
+
+def get_classifier(name: str, in_channels: int, num_classes: int, spatial_size: int = 28) -> nn.Module:
+    """Build a classifier by name.
+
+    Args:
+        name: one of ``resnet18``, ``resnet50``, ``vgg11``, ``densenet121``.
+        in_channels: image channels (1 grey, 3 RGB).
+        num_classes: number of classes.
+        spatial_size: input side; <= 64 selects the small-image stem for ResNets.
+
+    Returns:
+        An ``nn.Module`` mapping ``(B, C, H, W)`` to ``(B, num_classes)`` logits.
+
+    Raises:
+        MedueError: for an unknown name.
+    """
+    key = name.lower().replace("-", "").replace("_", "")
+    small = spatial_size <= 64
+    if key == "resnet18":
+        return _resnet("basic", [2, 2, 2, 2], in_channels, num_classes, small)
+    if key == "resnet50":
+        return _resnet("bottleneck", [3, 4, 6, 3], in_channels, num_classes, small)
+    if key == "vgg11":
+        return PadTo(VGG11(in_channels, num_classes), 32)
+    if key == "densenet121":
+        return PadTo(DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=num_classes), 32)
+    raise MedueError(f"unknown exploiter/network {name!r}; choose from {', '.join(CLASSIFIER_NAMES)}")

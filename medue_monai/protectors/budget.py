@@ -1,0 +1,65 @@
+"""Budget, mask and projection helpers shared by the protectors (vectorized over the batch)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["positions_to_keep", "topk_position_mask", "project_linf", "project_l0"]
+
+
+def positions_to_keep(num_positions: int, k_percent: float) -> int:
+    """Number of pixel positions allowed to change: ``floor(k% * positions)``, at least 1."""
+    return max(1, int(math.floor(num_positions * k_percent / 100.0 + 1e-9)))
+
+
+def topk_position_mask(score: torch.Tensor, k_percent: float) -> torch.Tensor:
+    """Binary mask of the top-K% pixel positions per sample, selected by index (ties never grow it).
+
+    Args:
+        score: ``(B, C, H, W)`` non-negative importance; channels are summed per position.
+        k_percent: share of positions to keep, in (0, 100].
+
+    Returns:
+        ``(B, 1, H, W)`` float mask with exactly ``positions_to_keep(H*W, k)`` ones per sample.
+    """
+    batch, _, height, width = score.shape
+    flat = score.sum(dim=1).reshape(batch, -1)
+    count = positions_to_keep(height * width, k_percent)
+    if count >= height * width:
+        return torch.ones(batch, 1, height, width, dtype=score.dtype, device=score.device)
+    indices = torch.topk(flat, count, dim=1, sorted=False).indices
+    mask = torch.zeros_like(flat).scatter_(1, indices, 1.0)
+    return mask.reshape(batch, 1, height, width)
+
+
+def project_linf(delta: torch.Tensor, images: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+    """Clip ``delta`` to ``[-eps, eps]`` and so that ``images + delta`` stays in [0, 1]."""
+    delta = torch.maximum(torch.minimum(delta, torch.as_tensor(eps, device=delta.device)), -torch.as_tensor(eps))
+    return (images + delta).clamp(0.0, 1.0) - images
+
+
+def project_l0(delta: torch.Tensor, k_percent: float, tie_break: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep only the top-K% positions of ``delta`` by magnitude (summed over channels); zero the rest.
+
+    This is the Euclidean projection onto ``||delta||_0 <= m`` (positions), applied after the L-inf
+    clip. Sign-PGD leaves many entries exactly at ``+-eps``; positions are chosen by index with
+    ``torch.topk`` so ties never let more than ``m`` positions through. ``tie_break`` (e.g. the
+    gradient magnitude) orders positions of equal magnitude.
+
+    Args:
+        delta: ``(B, C, H, W)`` perturbation.
+        k_percent: share of positions allowed, in (0, 100].
+        tie_break: optional ``(B, C, H, W)`` non-negative score added with a tiny weight.
+
+    Returns:
+        The sparse perturbation.
+    """
+    if k_percent >= 100.0:
+        return delta
+    score = delta.abs()
+    if tie_break is not None:
+        scale = tie_break.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
+        score = score + 1e-6 * tie_break.abs() / scale
+    return delta * topk_position_mask(score, k_percent)
