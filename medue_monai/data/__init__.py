@@ -2,12 +2,15 @@
 
 from .classification import ClassificationDataset, ClassificationSource, load_classification_source
 from .medmnist import load_medmnist, resolve_medmnist_path
+from .specs import is_classification_spec, load_classification_spec
 from .synthetic import make_synthetic_classification
 
 __all__ = [
     "ClassificationDataset",
     "ClassificationSource",
+    "is_classification_spec",
     "load_classification_source",
+    "load_classification_spec",
     "load_medmnist",
     "make_synthetic_classification",
     "resolve_medmnist_path",

@@ -93,6 +93,14 @@ class Protector(ABC):
         """The options that define this protector (recorded in manifests and checkpoints)."""
         return {"eps": self.eps, "seed": self.seed}
 
+    def budget_info(self) -> dict[str, Any]:
+        """The norm and budget the perturbation obeys (recorded in manifests; writers clip to it).
+
+        Returns:
+            ``{"norm": "linf", "budget": eps}`` here; L2 methods override with ``"l2"``.
+        """
+        return {"norm": "linf", "budget": self.eps}
+
     def state_dict(self) -> dict[str, Any]:
         """Learned state as plain tensors / numbers (loadable with ``weights_only=True``)."""
         return {}

@@ -1,0 +1,308 @@
+"""The ``medue`` command: ``protect``, ``evaluate`` and ``demo``.
+
+A thin door into :mod:`medue_monai.pipeline`; no algorithm lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .protectors import PROTECTORS
+from .utils import MedueError, parse_fraction
+
+__all__ = ["main", "build_parser"]
+
+_HIDDEN_OPTIONS = {"self", "seed", "device", "progress", "kwargs"}
+
+
+def _docstring_args(cls: type) -> dict[str, str]:
+    """Parse the Google-style ``Args:`` section of a class docstring (following the MRO)."""
+    descriptions: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        doc = inspect.getdoc(klass) or ""
+        match = re.search(r"^Args:\n(.*?)(?:^\S|\Z)", doc, flags=re.S | re.M)
+        if not match:
+            continue
+        current = None
+        for line in match.group(1).splitlines():
+            item = re.match(r"^\s{4}(\w+):\s*(.*)$", line)
+            if item:
+                current = item.group(1)
+                descriptions[current] = item.group(2).strip()
+            elif current and line.strip():
+                descriptions[current] += " " + line.strip()
+    return descriptions
+
+
+def method_options(cls: type) -> dict[str, inspect.Parameter]:
+    """Constructor options of a protector class, including those its parent takes via ``**kwargs``."""
+    options: dict[str, inspect.Parameter] = {}
+    for klass in reversed(cls.__mro__):
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        for name, parameter in inspect.signature(klass.__init__).parameters.items():
+            if name not in _HIDDEN_OPTIONS and parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
+                options[name] = parameter
+    return options
+
+
+def _format_default(value: Any) -> str:
+    if isinstance(value, float):
+        for denominator in (255,):
+            numerator = value * denominator
+            if abs(numerator - round(numerator)) < 1e-9 and value < 1:
+                return f"{round(numerator)}/{denominator}"
+        return f"{value:g}"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def methods_help() -> str:
+    """Text listing every registered method with its options and defaults."""
+    lines = ["methods and their options (set any with --option NAME=VALUE):"]
+    for name in sorted(PROTECTORS):
+        cls = PROTECTORS[name]
+        summary = (inspect.getdoc(cls) or "").splitlines()[0] if inspect.getdoc(cls) else ""
+        lines.append(f"\n  {name} [{cls.task}]: {summary}")
+        descriptions = _docstring_args(cls)
+        for option, parameter in method_options(cls).items():
+            default = "" if parameter.default is inspect.Parameter.empty else _format_default(parameter.default)
+            text = descriptions.get(option, "")
+            lines.append(f"      {option} (default {default}): {text}")
+    return "\n".join(lines)
+
+
+def _cast(value: str, default: Any) -> Any:
+    """Cast a ``--option`` value using the option's default as a type hint."""
+    lowered = value.strip().lower()
+    if isinstance(default, bool) or lowered in ("true", "false"):
+        if lowered not in ("true", "false", "1", "0", "yes", "no"):
+            raise MedueError(f"expected true/false, got {value!r}")
+        return lowered in ("true", "1", "yes")
+    if lowered in ("none", "null"):
+        return None
+    if isinstance(default, int) and not isinstance(default, bool):
+        try:
+            return int(value)
+        except ValueError as err:
+            raise MedueError(f"expected an integer, got {value!r}") from err
+    if isinstance(default, float) or default is None:
+        try:
+            return parse_fraction(value)
+        except MedueError:
+            if isinstance(default, float):
+                raise
+    return value
+
+
+def collect_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Turn the method flags and ``--option`` pairs into protector constructor options.
+
+    Raises:
+        MedueError: for an option the method does not take, or a value out of range.
+    """
+    cls = PROTECTORS.get(args.method)
+    if cls is None:
+        raise MedueError(f"unknown method {args.method!r}; choose from {', '.join(sorted(PROTECTORS))}")
+    known = method_options(cls)
+    options: dict[str, Any] = {}
+    if args.eps is not None:
+        eps = parse_fraction(args.eps)
+        if not 0.0 < eps <= 1.0:
+            raise MedueError(f"--eps must be in (0, 1] (image units, e.g. 8/255), got {args.eps}")
+        options["eps"] = eps
+    if args.k is not None:
+        if not 0.0 < args.k <= 100.0:
+            raise MedueError(f"--k must be a percentage in (0, 100], got {args.k}")
+        options["k"] = args.k
+    if args.epochs is not None:
+        options["epochs"] = args.epochs
+    for pair in args.option or []:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise MedueError(f"--option expects NAME=VALUE, got {pair!r}")
+        name = name.strip().replace("-", "_")
+        if name not in known:
+            raise MedueError(f"method {args.method!r} has no option {name!r}; see `medue protect --help`")
+        default = known[name].default
+        options[name] = _cast(value, None if default is inspect.Parameter.empty else default)
+    for name in options:
+        if name not in known:
+            raise MedueError(f"method {args.method!r} has no option {name!r}; see `medue protect --help`")
+    return options
+
+
+def _is_segmentation_data(spec: str) -> bool:
+    path = Path(spec)
+    return path.is_dir() or spec.endswith(".json")
+
+
+def cmd_protect(args: argparse.Namespace) -> int:
+    options = collect_options(args)
+    common = dict(
+        seed=args.seed,
+        device=args.device,
+        overwrite=args.overwrite,
+        limit=args.limit,
+        data_root=args.data_root,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        progress=not args.no_progress,
+    )
+    if _is_segmentation_data(args.data):
+        from .pipeline.segmentation import protect_segmentation
+
+        manifest = protect_segmentation(
+            args.data, args.out, args.method, options, spatial_size=args.spatial_size, **common
+        )
+    else:
+        if not Path(args.data).exists() and not args.data.startswith(("medmnist:", "synthetic")):
+            raise MedueError(f"{args.data}: no such file or folder")
+        from .pipeline.classification import protect_classification
+
+        manifest = protect_classification(args.data, args.out, args.method, options, **common)
+    budget = manifest.get("budget", {})
+    realized = budget.get("realized", {})
+    print(
+        f"protected {manifest['counts'].get('train')} training items with {manifest['method']} -> {args.out} "
+        f"(max|delta| {realized.get('linf_max', float('nan')):.5f}, pixels touched "
+        f"{100 * realized.get('l0_share', float('nan')):.2f}%)"
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .io import read_manifest
+
+    manifest = read_manifest(args.protected)
+    common = dict(
+        epochs=args.epochs,
+        output=args.output,
+        device=args.device,
+        seed=args.seed,
+        num_workers=args.num_workers,
+        progress=not args.no_progress,
+        data_root=args.data_root,
+    )
+    if manifest.get("task") == "segmentation":
+        from .pipeline.segmentation import evaluate_segmentation
+
+        results = evaluate_segmentation(args.protected, args.recipe or "seg-quick", args.exploiter or "unet", **common)
+        print(
+            f"{results['exploiter']} Dice on clean test: clean-trained {results['clean']['dice']:.2f}%, "
+            f"protected-trained {results['protected']['dice']:.2f}%; PSNR {results['invisibility']['psnr']:.2f} dB"
+        )
+    else:
+        from .pipeline.classification import evaluate_classification
+
+        results = evaluate_classification(args.protected, args.recipe or "cls-quick", args.exploiter, **common)
+        print(
+            f"{results['exploiter']} clean-test accuracy: clean-trained {results['clean']['test_accuracy']:.2f}%, "
+            f"protected-trained {results['protected']['test_accuracy']:.2f}%; PSNR "
+            f"{results['invisibility']['psnr']:.2f} dB, SSIM {results['invisibility']['ssim']:.4f}"
+        )
+    if args.output is None:
+        print(json.dumps({k: results[k] for k in ("clean", "protected", "invisibility", "budget")}, indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(out=args.out, device=args.device, seed=args.seed, progress=not args.no_progress, parts=args.part)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``medue`` (every option shows its default in ``--help``)."""
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="medue",
+        description="Make medical image datasets unlearnable (SALM, UMed and baselines) and measure it.",
+        formatter_class=formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"medue-monai {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--seed", type=int, default=0, help="random seed (recorded in the manifest/results)")
+        p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
+        p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+        p.add_argument("--data-root", default=None, help="folder holding MedMNIST npz files (else $MEDUE_DATA_ROOT)")
+        p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    protect = sub.add_parser(
+        "protect",
+        help="fit a protector on a dataset's training split and write the protected copy",
+        description="Fit a protector on the training split and write the protected dataset (same format and "
+        "dtype, val/test untouched) with manifest.json and the fitted protector.pt.",
+        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=32),
+        epilog=methods_help(),
+    )
+    protect.add_argument("--method", required=True, help=f"protection method: {', '.join(sorted(PROTECTORS))}")
+    protect.add_argument(
+        "--data",
+        required=True,
+        help="medmnist:<name> (looked up under --data-root), a MedMNIST .npz path, synthetic[:k=v,...], or a "
+        "segmentation folder with images/ and masks/ (or a MONAI datalist .json)",
+    )
+    protect.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
+    protect.add_argument("--eps", default=None, help="L-inf budget in [0,1] units, e.g. 8/255 (default: the method's)")
+    protect.add_argument("--k", type=float, default=None, help="SALM/EM: percent of pixel positions allowed to change (default: the method's, SALM 10)")
+    protect.add_argument("--epochs", type=int, default=None, help="passes of the method's training loop (default: the method's)")
+    protect.add_argument("--batch-size", type=int, default=None, help="batch size (default: the method's, else 64)")
+    protect.add_argument("--limit", type=int, default=None, help="protect only the first N training items (quick trials) (default: all)")
+    protect.add_argument("--spatial-size", type=int, default=224, help="segmentation: working size (128 for quick runs) (default: 224)")
+    protect.add_argument("--option", action="append", metavar="NAME=VALUE", help="any other method option (repeatable), see below")
+    protect.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_common(protect)
+    for action in protect._actions:
+        if action.default not in (None, argparse.SUPPRESS) and action.help and "(default" not in action.help:
+            action.help += f" (default: {action.default})"
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="train exploiters on the protected copy (read back from disk) and on the clean copy",
+        formatter_class=formatter,
+    )
+    evaluate.add_argument("--protected", required=True, help="folder written by `medue protect`")
+    evaluate.add_argument("--recipe", default=None, help="cls-quick, cls-paper, seg-quick or seg-paper (default: cls-quick / seg-quick by task)")
+    evaluate.add_argument("--exploiter", default=None, help="resnet18, resnet50, vgg11, densenet121 | unet, attentionunet, basicunetplusplus, swinunetr (default: the recipe's)")
+    evaluate.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    evaluate.add_argument("--output", default=None, help="results JSON path; a learning-curve PNG is written beside it")
+    add_common(evaluate)
+
+    demo = sub.add_parser(
+        "demo", help="protect and evaluate a built-in synthetic dataset end to end (no download)", formatter_class=formatter
+    )
+    demo.add_argument("--out", default="medue-demo", help="folder for the demo's protected data and results")
+    demo.add_argument("--part", choices=["all", "classification", "segmentation"], default="all", help="which demo parts to run")
+    demo.add_argument("--seed", type=int, default=0, help="random seed")
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``medue``: user errors print one line and exit 2, without a traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"protect": cmd_protect, "evaluate": cmd_evaluate, "demo": cmd_demo}
+    try:
+        return handlers[args.command](args)
+    except MedueError as err:
+        print(f"medue {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"medue {args.command}: interrupted; no partial output was kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

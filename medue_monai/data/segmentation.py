@@ -1,0 +1,343 @@
+"""Segmentation sources (image + mask folders, MONAI datalist JSON) and a lazy torch dataset over them.
+
+A source is a list of ``(id, image path, mask path)`` records, checked up front (pairing, readability,
+matching sizes) so that a bad file stops the run before any output is written. Pixels are read lazily
+by :class:`SegmentationDataset`, resized to a working size, and the original size, channel count and
+file format travel in each item's MetaTensor meta so the writers can restore them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.data import MetaTensor
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from ..utils import MedueError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "SegmentationRecord",
+    "SegmentationSource",
+    "SegmentationDataset",
+    "load_segmentation_source",
+    "read_image_array",
+    "read_mask_array",
+    "split_ids",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MASK_FOLDERS = ("masks", "labels")
+
+
+@dataclass
+class SegmentationRecord:
+    """One (image, mask) pair of a segmentation source.
+
+    Attributes:
+        id: stable string id (the file stem for folder sources).
+        image: path of the image file.
+        label: path of the mask file.
+        size: ``(H, W)`` of the image (read from the file header).
+        channels: 1 for grey images, 3 for colour ones.
+        format: the image's file format as PIL names it (``JPEG``, ``PNG``, ...).
+    """
+
+    id: str
+    image: Path
+    label: Path
+    size: tuple[int, int]
+    channels: int
+    format: str
+
+
+@dataclass
+class SegmentationSource:
+    """A checked list of segmentation records.
+
+    Attributes:
+        name: short name (the folder or JSON file name).
+        path: the folder or datalist file the records came from.
+        kind: ``"folder"`` or ``"datalist"``.
+        records: records sorted by id.
+    """
+
+    name: str
+    path: Path
+    kind: str
+    records: list[SegmentationRecord] = field(default_factory=list)
+
+    @property
+    def ids(self) -> list[str]:
+        """Sorted ids."""
+        return [record.id for record in self.records]
+
+    @property
+    def in_channels(self) -> int:
+        """Channel count used inside protectors (3 when any image is colour)."""
+        return max((record.channels for record in self.records), default=1)
+
+    def subset(self, ids: list[str]) -> list[SegmentationRecord]:
+        """Records of ``ids``, in that order."""
+        by_id = {record.id: record for record in self.records}
+        return [by_id[i] for i in ids]
+
+
+def _channels_of(mode: str) -> int:
+    return 1 if mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F") else 3
+
+
+def _probe(path: Path) -> tuple[tuple[int, int], str, str]:
+    """Return ``((H, W), mode, format)`` from the header, raising MedueError when unreadable."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            return (int(height), int(width)), image.mode, str(image.format)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise MedueError(f"{path}: cannot read image ({err})") from err
+
+
+def read_image_array(path: str | Path) -> np.ndarray:
+    """Read an image file as ``uint8`` ``(H, W)`` (grey) or ``(H, W, 3)`` (colour).
+
+    16-bit grey images are scaled to 8 bits; palette / RGBA / CMYK images become RGB.
+
+    Raises:
+        MedueError: when the file cannot be decoded.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                array = np.asarray(image, dtype=np.float64)
+                top = 65535.0 if array.max() > 255 else 255.0
+                return np.clip(np.rint(array / top * 255.0), 0, 255).astype(np.uint8)
+            if _channels_of(image.mode) == 1:
+                return np.asarray(image.convert("L"), dtype=np.uint8)
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise MedueError(f"{path}: cannot read image ({err})") from err
+
+
+def read_mask_array(path: str | Path) -> np.ndarray:
+    """Read a mask file as a binary ``uint8`` ``(H, W)`` array: grey conversion, then ``> 127``.
+
+    Raises:
+        MedueError: when the file cannot be decoded.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            grey = np.asarray(image.convert("L"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise MedueError(f"{path}: cannot read mask ({err})") from err
+    return (grey > 127).astype(np.uint8)
+
+
+def _files_by_stem(folder: Path) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+            if path.stem in files:
+                raise MedueError(f"{path}: two files share the stem {path.stem!r} in {folder}")
+            files[path.stem] = path
+    return files
+
+
+def _record(item_id: str, image: Path, label: Path) -> SegmentationRecord:
+    size, mode, fmt = _probe(image)
+    mask_size, _, _ = _probe(label)
+    if mask_size != size:
+        raise MedueError(
+            f"{label}: mask size {mask_size[1]}x{mask_size[0]} differs from its image {image} ({size[1]}x{size[0]})"
+        )
+    return SegmentationRecord(item_id, image, label, size, _channels_of(mode), fmt)
+
+
+def _load_folder(root: Path) -> SegmentationSource:
+    image_dir = root / "images"
+    mask_dir = next((root / name for name in MASK_FOLDERS if (root / name).is_dir()), None)
+    if not image_dir.is_dir() or mask_dir is None:
+        raise MedueError(f"{root}: a segmentation folder needs images/ and masks/ (or labels/) subfolders")
+    images, masks = _files_by_stem(image_dir), _files_by_stem(mask_dir)
+    for stem, path in images.items():
+        if stem not in masks:
+            raise MedueError(f"{path}: image has no mask in {mask_dir}")
+    for stem, path in masks.items():
+        if stem not in images:
+            raise MedueError(f"{path}: mask has no image in {image_dir}")
+    if not images:
+        raise MedueError(f"{image_dir}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+    records = [_record(stem, images[stem], masks[stem]) for stem in sorted(images)]
+    return SegmentationSource(root.name, root, "folder", records)
+
+
+def _load_datalist(path: Path, data_root: str | Path | None) -> SegmentationSource:
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise MedueError(f"{path}: cannot read datalist JSON ({err})") from err
+    entries = content.get("training") if isinstance(content, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise MedueError(f"{path}: a datalist needs a non-empty 'training' list of {{'image', 'label'}} entries")
+    base = Path(data_root) if data_root else path.parent
+    records, seen = [], set()
+    for number, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "image" not in entry:
+            raise MedueError(f"{path}: training entry {number} has no 'image'")
+        image = base / entry["image"]
+        if "label" not in entry:
+            raise MedueError(f"{image}: image has no mask ('label') in {path}")
+        label = base / entry["label"]
+        for file, what in ((image, "image"), (label, "mask")):
+            if not file.is_file():
+                raise MedueError(f"{file}: {what} listed in {path} does not exist")
+        item_id = str(entry.get("id", Path(entry["image"]).stem))
+        if item_id in seen:
+            raise MedueError(f"{image}: duplicate id {item_id!r} in {path}")
+        seen.add(item_id)
+        records.append(_record(item_id, image, label))
+    records.sort(key=lambda r: r.id)
+    return SegmentationSource(path.stem, path, "datalist", records)
+
+
+def load_segmentation_source(
+    data: str | Path, data_root: str | Path | None = None, limit: int | None = None
+) -> SegmentationSource:
+    """Load and check a segmentation source.
+
+    Args:
+        data: a folder with ``images/`` and ``masks/`` (or ``labels/``) holding files with matching
+            stems (PNG/JPG/BMP/TIFF), or a MONAI datalist JSON ``{"training": [{"image", "label"}]}``.
+            A relative folder that does not exist is also looked up under ``data_root``.
+        data_root: base folder for relative paths in a datalist (default: the JSON's folder), and a
+            fallback root for ``data``.
+        limit: keep only the first ``limit`` ids (sorted), for quick runs.
+
+    Returns:
+        The checked source.
+
+    Raises:
+        MedueError: for a missing source, an image without mask or mask without image, a mask whose
+            size differs from its image, or an unreadable file (the message names the file).
+    """
+    path = Path(data)
+    if not path.exists() and data_root is not None and (Path(data_root) / path).exists():
+        path = Path(data_root) / path
+    if path.is_dir():
+        source = _load_folder(path)
+    elif path.is_file() and path.suffix.lower() == ".json":
+        source = _load_datalist(path, data_root)
+    else:
+        raise MedueError(f"{data}: not a segmentation folder (images/ + masks/) or a datalist .json")
+    if limit is not None:
+        if int(limit) < 2:
+            raise MedueError(f"limit must be >= 2 for a train/test split, got {limit}")
+        source.records = source.records[: int(limit)]
+    return source
+
+
+def split_ids(ids: list[str], seed: int = 0, test_fraction: float = 0.2) -> dict[str, list[str]]:
+    """Seeded train/test split: shuffle the sorted ids with ``seed``, the last ``test_fraction`` is test.
+
+    Args:
+        ids: item ids (sorted here first, so the input order does not matter).
+        seed: shuffle seed.
+        test_fraction: share of ids in the test split (at least one each side).
+
+    Returns:
+        ``{"train": [...], "test": [...]}``, each sorted.
+    """
+    ordered = sorted(ids)
+    if len(ordered) < 2:
+        raise MedueError(f"need at least 2 items for a train/test split, got {len(ordered)}")
+    permutation = np.random.default_rng(seed).permutation(len(ordered))
+    n_test = min(len(ordered) - 1, max(1, int(round(test_fraction * len(ordered)))))
+    test = sorted(ordered[i] for i in permutation[len(ordered) - n_test :])
+    test_set = set(test)
+    return {"train": [i for i in ordered if i not in test_set], "test": test}
+
+
+def resize_image(array: np.ndarray, spatial_size: int | tuple[int, int], channels: int) -> torch.Tensor:
+    """uint8 ``(H, W[, C])`` -> float ``(channels, h, w)`` in [0, 1], bilinear with antialiasing."""
+    size = (spatial_size, spatial_size) if isinstance(spatial_size, int) else tuple(spatial_size)
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).float().div_(255.0)
+    tensor = tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+    if tensor.shape[0] != channels:
+        tensor = tensor.expand(channels, -1, -1) if tensor.shape[0] == 1 else tensor.mean(0, keepdim=True)
+    if tuple(tensor.shape[-2:]) != size:
+        tensor = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    return tensor.clamp_(0.0, 1.0).contiguous()
+
+
+def resize_mask(mask: np.ndarray, spatial_size: int | tuple[int, int]) -> torch.Tensor:
+    """Binary ``(H, W)`` -> float ``(1, h, w)`` in {0, 1}, nearest neighbour."""
+    size = (spatial_size, spatial_size) if isinstance(spatial_size, int) else tuple(spatial_size)
+    tensor = torch.from_numpy(np.ascontiguousarray(mask)).float()[None, None]
+    if tuple(tensor.shape[-2:]) != size:
+        tensor = F.interpolate(tensor, size=size, mode="nearest")
+    return tensor[0]
+
+
+class SegmentationDataset(Dataset):
+    """Lazy dataset of MONAI dict items ``image``, ``label``, ``index``, ``id`` at a working size.
+
+    ``image`` is a float32 MetaTensor ``(C, h, w)`` in [0, 1]; ``label`` a ``(1, h, w)`` binary mask.
+    Their meta holds ``filename_or_obj``, ``original_size`` ``[H, W]``, ``original_channels``,
+    ``source_format`` and ``id``, which the PNG writer uses to restore the original geometry.
+
+    Args:
+        records: the records to serve (``index`` is the position in this list).
+        spatial_size: working side length (images are resized to ``spatial_size`` squared).
+        channels: channel count served (default: the records' maximum; grey images are repeated).
+        cache: keep decoded, resized items in memory after their first read.
+    """
+
+    def __init__(
+        self,
+        records: list[SegmentationRecord],
+        spatial_size: int = 224,
+        channels: int | None = None,
+        cache: bool = False,
+    ) -> None:
+        self.records = list(records)
+        self.spatial_size = int(spatial_size)
+        self.channels = int(channels or max((r.channels for r in self.records), default=1))
+        self.cache = bool(cache)
+        self._cache: dict[int, dict[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if self.cache and index in self._cache:
+            return self._cache[index]
+        record = self.records[index]
+        image = read_image_array(record.image)
+        mask = read_mask_array(record.label)
+        if mask.shape != image.shape[:2]:
+            raise MedueError(f"{record.label}: mask size differs from its image {record.image}")
+        meta = {
+            "filename_or_obj": str(record.image),
+            "original_size": list(image.shape[:2]),
+            "original_channels": 1 if image.ndim == 2 else int(image.shape[2]),
+            "source_format": record.format,
+            "id": record.id,
+        }
+        item = {
+            "image": MetaTensor(resize_image(image, self.spatial_size, self.channels), meta=dict(meta)),
+            "label": MetaTensor(resize_mask(mask, self.spatial_size), meta=dict(meta, filename_or_obj=str(record.label))),
+            "index": index,
+            "id": record.id,
+        }
+        if self.cache:
+            self._cache[index] = item
+        return item

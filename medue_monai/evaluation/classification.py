@@ -1,0 +1,160 @@
+"""Train an exploiter classifier on a (protected) training split and test it on the clean test split."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..data import ClassificationDataset
+from ..nets import get_classifier
+from ..utils import MedueError, resolve_device
+
+__all__ = ["train_exploiter", "make_optimizer", "make_scheduler", "accuracy"]
+
+
+def make_optimizer(recipe: dict[str, Any], parameters) -> torch.optim.Optimizer:
+    """Build the recipe's optimizer (``adam`` or ``sgd``).
+
+    Raises:
+        MedueError: for an unknown optimizer name.
+    """
+    name = recipe["optimizer"]
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=recipe["lr"], weight_decay=recipe.get("weight_decay", 0.0))
+    if name == "sgd":
+        return torch.optim.SGD(
+            parameters, lr=recipe["lr"], momentum=recipe.get("momentum", 0.9), weight_decay=recipe.get("weight_decay", 0.0)
+        )
+    raise MedueError(f"recipe {recipe.get('name')}: unknown optimizer {name!r} (adam or sgd)")
+
+
+def make_scheduler(recipe: dict[str, Any], optimizer: torch.optim.Optimizer, epochs: int):
+    """Per-epoch schedule: ``cosine``, ``multistep`` (x0.1 at 50% and 75%) or ``constant``."""
+    schedule = recipe.get("schedule", "constant")
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if schedule == "multistep":
+        milestones = [max(1, math.floor(0.5 * epochs)), max(1, math.floor(0.75 * epochs))]
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    if schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    raise MedueError(f"recipe {recipe.get('name')}: unknown schedule {schedule!r}")
+
+
+def _augment(images: torch.Tensor, augmentation: str, generator: torch.Generator) -> torch.Tensor:
+    """Exploiter-side augmentation: ``none`` or ``crop-flip`` (4-px padded random crop + h-flip)."""
+    if augmentation in (None, "none"):
+        return images
+    if augmentation != "crop-flip":
+        raise MedueError(f"unknown augmentation {augmentation!r} (none or crop-flip)")
+    batch, _, height, width = images.shape
+    padded = F.pad(images, (4, 4, 4, 4))
+    offsets = torch.randint(0, 9, (batch, 2), generator=generator)
+    rows = (offsets[:, 0, None] + torch.arange(height)).to(images.device)
+    cols = (offsets[:, 1, None] + torch.arange(width)).to(images.device)
+    batch_index = torch.arange(batch, device=images.device)[:, None, None]
+    cropped = padded.permute(0, 2, 3, 1)[batch_index, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    flip = (torch.rand(batch, generator=generator) < 0.5).to(images.device)
+    return torch.where(flip[:, None, None, None], cropped.flip(-1), cropped)
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> float:
+    """Top-1 accuracy in percent of ``model`` over ``loader``."""
+    model.eval()
+    correct, total = 0, 0
+    for batch in loader:
+        images = batch["image"].as_tensor() if hasattr(batch["image"], "as_tensor") else batch["image"]
+        labels = batch["label"].reshape(-1).to(device)
+        correct += int((model(images.to(device)).argmax(1) == labels).sum())
+        total += len(labels)
+    return 100.0 * correct / max(total, 1)
+
+
+def train_exploiter(
+    recipe: dict[str, Any],
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    exploiter: str,
+    num_classes: int,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    num_workers: int = 0,
+    progress: bool = True,
+    description: str = "exploiter",
+) -> dict[str, Any]:
+    """Train a fresh exploiter from scratch on ``train_*`` with a recipe and test it on ``test_*`` each epoch.
+
+    Args:
+        recipe: a recipe from :func:`medue_monai.evaluation.recipes.get_recipe`.
+        train_images: ``(N, H, W[, C])`` uint8 training images (protected or clean, as read from disk).
+        train_labels: ``(N, 1)`` labels.
+        test_images: clean test images.
+        test_labels: clean test labels.
+        exploiter: network name (``resnet18``, ``resnet50``, ``vgg11``, ``densenet121``).
+        num_classes: number of classes.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
+        seed: seed for initialisation, shuffling and augmentation (same seed, same run).
+        num_workers: DataLoader workers.
+        progress: show a tqdm bar.
+        description: label of the progress bar.
+
+    Returns:
+        ``{"test_accuracy": final %, "best_test_accuracy": %, "best_epoch": int, "curves": {...}}``
+        where curves hold per-epoch ``train_loss``, ``train_accuracy`` and ``test_accuracy``.
+    """
+    device = resolve_device(device)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    in_channels = 1 if train_images.ndim == 3 else train_images.shape[-1]
+    model = get_classifier(exploiter, in_channels, num_classes, train_images.shape[1]).to(device)
+    train_loader = DataLoader(
+        ClassificationDataset(train_images, train_labels),
+        batch_size=recipe["batch_size"],
+        shuffle=True,
+        generator=generator,
+        num_workers=num_workers,
+    )
+    test_loader = DataLoader(
+        ClassificationDataset(test_images, test_labels, split="test"), batch_size=256, num_workers=num_workers
+    )
+    epochs = int(recipe["epochs"])
+    optimizer = make_optimizer(recipe, model.parameters())
+    scheduler = make_scheduler(recipe, optimizer, epochs)
+    curves: dict[str, list[float]] = {"train_loss": [], "train_accuracy": [], "test_accuracy": []}
+    bar = tqdm(range(epochs), desc=description, disable=not progress)
+    for _ in bar:
+        model.train()
+        loss_sum, correct, total = 0.0, 0, 0
+        for batch in train_loader:
+            images = batch["image"].as_tensor().to(device)
+            labels = batch["label"].reshape(-1).to(device)
+            images = _augment(images, recipe.get("augmentation", "none"), generator)
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.detach()) * len(labels)
+            correct += int((logits.argmax(1) == labels).sum())
+            total += len(labels)
+        scheduler.step()
+        curves["train_loss"].append(loss_sum / total)
+        curves["train_accuracy"].append(100.0 * correct / total)
+        curves["test_accuracy"].append(accuracy(model, test_loader, device))
+        bar.set_postfix(train=round(curves["train_accuracy"][-1], 1), test=round(curves["test_accuracy"][-1], 1))
+    best_epoch = int(np.argmax(curves["test_accuracy"]))
+    return {
+        "test_accuracy": curves["test_accuracy"][-1],
+        "best_test_accuracy": curves["test_accuracy"][best_epoch],
+        "best_epoch": best_epoch + 1,
+        "curves": curves,
+    }

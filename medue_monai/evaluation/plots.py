@@ -1,0 +1,45 @@
+"""Learning-curve plots (PNG) for evaluation reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["plot_learning_curves"]
+
+
+def plot_learning_curves(runs: dict[str, dict[str, list[float]]], metric: str, path: str | Path, title: str) -> Path:
+    """Plot one metric per epoch for several runs (e.g. clean vs protected) into a PNG.
+
+    Args:
+        runs: run name -> curves dict (metric name -> per-epoch values).
+        metric: curve key to plot against the epoch, e.g. ``test_accuracy``; ``train_*`` curves of the
+            same runs are drawn dashed when present.
+        path: output PNG path.
+        title: figure title.
+
+    Returns:
+        The path written.
+    """
+    figure, axis = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    for index, (name, curves) in enumerate(runs.items()):
+        color = f"C{index}"
+        values = curves.get(metric, [])
+        axis.plot(range(1, len(values) + 1), values, color=color, label=f"{name}: {metric.replace('_', ' ')}")
+        train_key = metric.replace("test_", "train_")
+        if train_key != metric and train_key in curves:
+            train = curves[train_key]
+            axis.plot(range(1, len(train) + 1), train, color=color, linestyle="--", label=f"{name}: {train_key.replace('_', ' ')}")
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("%")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return Path(path)

@@ -1,0 +1,254 @@
+"""Classification pipeline: protect a dataset into a released copy, and evaluate a released copy.
+
+The CLI, the bundles and the tests all go through these two functions.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..data import ClassificationSource, load_classification_spec
+from ..evaluation import budget_metrics, get_recipe, invisibility_metrics, plot_learning_curves, train_exploiter
+from ..io import atomic_output_dir, build_manifest, check_output_dir, quantize_protected, read_manifest, write_manifest
+from ..io.npz import write_npz
+from ..protectors import get_protector_class
+from ..utils import MedueError, resolve_device, set_seed
+
+__all__ = ["protect_classification", "evaluate_classification", "PROTECTOR_FILE"]
+
+PROTECTOR_FILE = "protector.pt"
+
+
+def _apply(protector, source: ClassificationSource, batch_size: int, num_workers: int, progress: bool) -> torch.Tensor:
+    """Protected float train images ``(N, C, H, W)`` from the fitted protector, in dataset order."""
+    dataset = source.dataset("train")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    outputs = []
+    for batch in tqdm(loader, desc=f"{protector.name} apply", disable=not progress):
+        images = batch["image"].as_tensor()
+        outputs.append(protector.protect(images, batch["label"], batch["index"]).cpu())
+    return torch.cat(outputs)
+
+
+def protect_classification(
+    data: str,
+    out: str | Path,
+    method: str,
+    options: dict[str, Any],
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    overwrite: bool = False,
+    limit: int | None = None,
+    data_root: str | None = None,
+    batch_size: int | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fit a protector on the training split and write the protected dataset.
+
+    The output folder holds ``<name>.npz`` (same keys and dtype as the input; ``train_images``
+    replaced, val/test untouched), ``protector.pt`` (the fitted protector, loadable with
+    ``weights_only=True``) and ``manifest.json``. It is written into a temporary folder and renamed
+    at the end, so a failure leaves nothing behind; the input is never modified.
+
+    Args:
+        data: ``medmnist:<name>``, a path to a MedMNIST npz, or ``synthetic[:...]``.
+        out: output folder.
+        method: registered protector name (``salm``, ``em``, ...).
+        options: extra constructor options of the protector (e.g. ``{"eps": 8/255, "k": 10}``).
+        seed: random seed (recorded).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
+        overwrite: replace an existing output folder.
+        limit: protect only the first ``limit`` training items (for quick trials).
+        data_root: folder with MedMNIST npz files.
+        batch_size: loader batch size (default: the protector's ``batch_size`` option, else 64).
+        num_workers: DataLoader workers.
+        progress: show progress bars.
+
+    Returns:
+        The manifest written.
+
+    Raises:
+        MedueError: bad data, options or output folder.
+    """
+    cls = get_protector_class(method)
+    if cls.task != "classification":
+        raise MedueError(f"method {method!r} is for {cls.task}; {data!r} is a classification dataset")
+    source = load_classification_spec(data, data_root=data_root, limit=limit)
+    out = check_output_dir(out, overwrite=overwrite, inputs=(source.path,) if source.path else ())
+    generator = set_seed(seed)
+    try:
+        protector = cls(seed=seed, device=resolve_device(device), progress=progress, **options)
+    except TypeError as err:
+        raise MedueError(f"method {method!r}: {err}") from err
+    batch_size = int(batch_size or getattr(protector, "batch_size", 64))
+    train = source.dataset("train")
+    loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers)
+    started = time.perf_counter()
+    protector.fit(loader, source.num_classes, len(train))
+    fit_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    protected = _apply(protector, source, batch_size, num_workers, progress)
+    apply_seconds = time.perf_counter() - started
+    budget = protector.budget_info()
+    clean_train = source.images("train")
+    written = quantize_protected(clean_train, protected, budget["budget"] if budget["norm"] == "linf" else None)
+    arrays = dict(source.arrays)
+    arrays["train_images"] = written
+    realized = budget_metrics(clean_train, written)
+    file_name = f"{source.name}.npz"
+    with atomic_output_dir(out, overwrite=overwrite) as folder:
+        write_npz(folder / file_name, arrays)
+        protector.save(folder / PROTECTOR_FILE)
+        manifest = build_manifest(
+            task="classification",
+            method=method,
+            options=protector.config(),
+            seed=seed,
+            source=source.path,
+            data_spec=data,
+            output_files={file_name: folder / file_name, PROTECTOR_FILE: folder / PROTECTOR_FILE},
+            counts={split: int(source.images(split).shape[0]) for split in ("train", "val", "test")},
+            extra={
+                "dataset": {
+                    "name": source.name,
+                    "file": file_name,
+                    "num_classes": source.num_classes,
+                    "in_channels": source.in_channels,
+                    "spatial_size": list(source.spatial_size),
+                    "dtype": str(source.dtype),
+                    "limit": limit,
+                    "replaced_splits": ["train"],
+                },
+                "budget": {**budget, "realized": realized},
+                "timing": {
+                    "fit_seconds": fit_seconds,
+                    "apply_seconds": apply_seconds,
+                    "images_per_second": len(train) / max(fit_seconds + apply_seconds, 1e-9),
+                    "device": str(protector.device),
+                },
+                "history": getattr(protector, "history", []),
+            },
+        )
+        write_manifest(folder, manifest)
+    return manifest
+
+
+def load_protected_classification(protected: str | Path, data_root: str | None = None):
+    """Read a protected folder back from disk: (manifest, protected arrays, clean source).
+
+    Raises:
+        MedueError: when the folder or its npz is missing or its manifest is not a classification one.
+    """
+    protected = Path(protected)
+    manifest = read_manifest(protected)
+    if manifest.get("task") != "classification":
+        raise MedueError(f"{protected}: manifest task is {manifest.get('task')!r}, not classification")
+    npz_path = protected / manifest["dataset"]["file"]
+    if not npz_path.is_file():
+        raise MedueError(f"{npz_path}: protected npz is missing")
+    with np.load(npz_path, allow_pickle=False) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    spec = manifest["input"]["path"] or manifest["input"]["spec"]
+    clean = load_classification_spec(spec, data_root=data_root, limit=manifest["dataset"].get("limit"))
+    if clean.images("train").shape != arrays["train_images"].shape:
+        raise MedueError(f"{npz_path}: train split shape differs from the clean source {spec}")
+    return manifest, arrays, clean
+
+
+def evaluate_classification(
+    protected: str | Path,
+    recipe: str = "cls-quick",
+    exploiter: str | None = None,
+    *,
+    epochs: int | None = None,
+    output: str | Path | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    num_workers: int = 0,
+    progress: bool = True,
+    data_root: str | None = None,
+) -> dict[str, Any]:
+    """Train the exploiter on the protected copy (read back from disk) and on the clean copy; test both on clean test data.
+
+    Args:
+        protected: folder written by :func:`protect_classification`.
+        recipe: recipe name (``cls-quick`` or ``cls-paper``).
+        exploiter: network name; default the recipe's.
+        epochs: override the recipe's epochs.
+        output: results JSON path (a learning-curve PNG is written beside it); ``None`` writes nothing.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
+        seed: the seed of both exploiter runs (same seed for clean and protected).
+        num_workers: DataLoader workers.
+        progress: show progress bars.
+        data_root: folder with MedMNIST files, when the manifest's input path moved.
+
+    Returns:
+        Results with ``task``, ``clean``/``protected`` test accuracies (%), ``invisibility``, ``budget``.
+    """
+    manifest, arrays, clean = load_protected_classification(protected, data_root)
+    recipe_config = get_recipe(recipe, epochs=epochs)
+    if recipe_config["task"] != "classification":
+        raise MedueError(f"recipe {recipe!r} is for {recipe_config['task']}, not classification")
+    exploiter = exploiter or recipe_config["network"]
+    num_classes = manifest["dataset"]["num_classes"]
+    started = time.perf_counter()
+    runs = {}
+    for name, train_images in (("clean", clean.images("train")), ("protected", arrays["train_images"])):
+        runs[name] = train_exploiter(
+            recipe_config,
+            train_images,
+            clean.labels("train"),
+            clean.images("test"),
+            clean.labels("test"),
+            exploiter,
+            num_classes,
+            device=device,
+            seed=seed,
+            num_workers=num_workers,
+            progress=progress,
+            description=f"{exploiter} on {name}",
+        )
+    results = {
+        "task": "classification",
+        "dataset": manifest["dataset"]["name"],
+        "method": manifest["method"],
+        "recipe": recipe_config,
+        "exploiter": exploiter,
+        "seed": seed,
+        "device": str(resolve_device(device)),
+        "clean": {k: v for k, v in runs["clean"].items() if k != "curves"},
+        "protected": {k: v for k, v in runs["protected"].items() if k != "curves"},
+        "invisibility": invisibility_metrics(clean.images("train"), arrays["train_images"]),
+        "budget": {
+            "norm": manifest["budget"]["norm"],
+            "eps": manifest["budget"]["budget"],
+            **budget_metrics(clean.images("train"), arrays["train_images"]),
+        },
+        "curves": {name: run["curves"] for name, run in runs.items()},
+        "wall_seconds": time.perf_counter() - started,
+    }
+    if output is not None:
+        output = Path(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        plot_path = output.with_suffix(".png")
+        plot_learning_curves(
+            results["curves"],
+            "test_accuracy",
+            plot_path,
+            f"{exploiter} ({recipe}) on {results['dataset']}: clean vs {results['method']}-protected",
+        )
+        results["learning_curves_png"] = str(plot_path)
+        tmp = output.with_suffix(output.suffix + ".tmp")
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+        tmp.replace(output)
+    return results

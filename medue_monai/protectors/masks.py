@@ -1,0 +1,127 @@
+"""Region masks for segmentation protectors: binary dilation / erosion, contour band and ROI interior.
+
+Binary morphology with a square ``(2r+1) x (2r+1)`` structuring element, written with
+``torch.nn.functional.max_pool2d`` so it runs batched on any device (MONAI has no batched binary
+morphology for tensors). The contour band of a mask ``y`` is ``dilate(y, r) - erode(y, r)``; the
+ROI interior is ``y * (1 - band)``. The default radius is 3 px at 224x224, scaled with image size
+(the UMed paper's setting): ``r = max(1, round(3 * min(H, W) / 224))``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["REGIONS", "contour_radius", "dilate_mask", "erode_mask", "contour_band", "roi_interior", "region_mask"]
+
+REGIONS = ("full", "roi", "contour", "interior", "background")
+
+
+def contour_radius(height: int, width: int, base_radius: float = 3.0, reference: int = 224) -> int:
+    """Band radius in pixels for an image size: ``max(1, round(base_radius * min(H, W) / reference))``.
+
+    Args:
+        height: image height in pixels.
+        width: image width in pixels.
+        base_radius: radius at the reference size (3 px at 224 in the UMed paper).
+        reference: the reference side length.
+
+    Returns:
+        The radius, at least 1.
+    """
+    return max(1, int(round(base_radius * min(height, width) / reference)))
+
+
+def _binary(mask: torch.Tensor) -> torch.Tensor:
+    if mask.dim() != 4:
+        raise ValueError(f"masks must be (B, C, H, W), got shape {tuple(mask.shape)}")
+    mask = mask.as_tensor() if hasattr(mask, "as_tensor") else mask
+    return (mask > 0.5).float()
+
+
+def dilate_mask(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Binary dilation with a ``(2r+1)^2`` square, batched: max-pool with stride 1 and same padding.
+
+    Args:
+        mask: ``(B, C, H, W)`` mask (values > 0.5 count as foreground).
+        radius: structuring-element radius in pixels (0 returns the binarized mask).
+
+    Returns:
+        Float ``{0, 1}`` mask with the input's shape.
+    """
+    mask = _binary(mask)
+    if radius <= 0:
+        return mask
+    return F.max_pool2d(mask, kernel_size=2 * radius + 1, stride=1, padding=radius)
+
+
+def erode_mask(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Binary erosion with a ``(2r+1)^2`` square (dual of :func:`dilate_mask`; outside the image counts as foreground).
+
+    Args:
+        mask: ``(B, C, H, W)`` mask.
+        radius: structuring-element radius in pixels.
+
+    Returns:
+        Float ``{0, 1}`` mask with the input's shape.
+    """
+    mask = _binary(mask)
+    if radius <= 0:
+        return mask
+    return 1.0 - F.max_pool2d(1.0 - mask, kernel_size=2 * radius + 1, stride=1, padding=radius)
+
+
+def contour_band(mask: torch.Tensor, radius: int | None = None) -> torch.Tensor:
+    """The contour band ``dilate(y, r) - erode(y, r)``.
+
+    Args:
+        mask: ``(B, C, H, W)`` binary mask.
+        radius: band radius; ``None`` uses :func:`contour_radius` for the mask's size.
+
+    Returns:
+        Float ``{0, 1}`` band with the mask's shape (empty for an empty or full mask).
+    """
+    if radius is None:
+        radius = contour_radius(int(mask.shape[-2]), int(mask.shape[-1]))
+    return dilate_mask(mask, radius) - erode_mask(mask, radius)
+
+
+def roi_interior(mask: torch.Tensor, radius: int | None = None) -> torch.Tensor:
+    """The ROI without its contour band: ``y * (1 - band)``.
+
+    Args:
+        mask: ``(B, C, H, W)`` binary mask.
+        radius: band radius; ``None`` scales 3 px at 224 with the image size.
+
+    Returns:
+        Float ``{0, 1}`` mask.
+    """
+    return _binary(mask) * (1.0 - contour_band(mask, radius))
+
+
+def region_mask(mask: torch.Tensor, region: str, radius: int | None = None) -> torch.Tensor:
+    """The pixels a segmentation protector may change, as a ``(B, 1, H, W)`` float mask.
+
+    Args:
+        mask: ``(B, 1, H, W)`` label mask (foreground > 0.5).
+        region: ``"full"`` (every pixel), ``"roi"`` (the foreground), ``"contour"`` (the band),
+            ``"interior"`` (ROI minus band) or ``"background"`` (outside the ROI).
+        radius: band radius for ``"contour"`` / ``"interior"``; ``None`` scales with image size.
+
+    Returns:
+        Float ``{0, 1}`` mask.
+
+    Raises:
+        ValueError: for an unknown region.
+    """
+    if region == "full":
+        return torch.ones_like(_binary(mask))
+    if region == "roi":
+        return _binary(mask)
+    if region == "contour":
+        return contour_band(mask, radius)
+    if region == "interior":
+        return roi_interior(mask, radius)
+    if region == "background":
+        return 1.0 - _binary(mask)
+    raise ValueError(f"region must be one of {REGIONS}, got {region!r}")

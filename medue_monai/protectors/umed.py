@@ -1,0 +1,406 @@
+"""UMed: contour- and texture-aware unlearnable perturbations for medical image segmentation.
+
+Sun et al., "Unlearnable Examples for Medical Image Segmentation" (the paper in ``shared/papers``).
+Two generators map an image to perturbations confined by its mask ``y``:
+
+- contour band ``y_c = dilate(y, r) - erode(y, r)`` (square structuring element, ``r`` = 3 px at
+  224x224 scaled with the image side); ``delta_c = clip(F_c(x) * y_c, -eps, eps)`` where ``F_c`` is an
+  encoder-decoder with central-difference convolutions in its encoder;
+- ROI interior ``y_t = y * (1 - y_c)``; ``delta_t = clip(F_t(x), -eps * x_t * y_t, eps * x_t * y_t)``
+  with ``F_t`` a MONAI UNet and ``x_t`` the LBP texture-strength map (:func:`texture_strength`);
+- ``x_p = clip(x + delta_c + delta_t, 0, 1)``; both generators MINIMIZE the surrogate U-Net's DiceCE
+  loss on ``x_p`` (error-minimizing: an easy shortcut the exploiter learns instead of the anatomy).
+
+Training alternates by epoch as in the paper's Algorithm 1: epoch ``i`` trains the surrogate when
+``i % cycle == 0`` and the generators otherwise (four generator epochs per surrogate epoch).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+from monai.networks.nets import UNet
+from skimage.feature import local_binary_pattern
+from tqdm.auto import tqdm
+
+from ..nets.cdc import CDCUNet, texture_generator
+from ..utils import MedueError
+from .base import Protector, register_protector
+
+__all__ = ["UMedProtector", "contour_band", "roi_interior", "band_radius", "texture_strength"]
+
+
+def band_radius(spatial_size: int, radius_at_224: float = 3.0) -> int:
+    """Contour band radius in pixels: ``max(1, round(radius_at_224 * spatial_size / 224))``."""
+    return max(1, int(round(radius_at_224 * spatial_size / 224.0)))
+
+
+def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    return F.max_pool2d(mask, kernel_size=2 * radius + 1, stride=1, padding=radius)
+
+
+def contour_band(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """``dilate(y, r) - erode(y, r)`` with a ``(2r+1)``-square element; ``mask`` is ``(B, 1, H, W)`` in {0, 1}.
+
+    Erosion treats pixels outside the image as foreground (so an ROI touching the border is not
+    banded along the border itself).
+    """
+    mask = (mask > 0.5).float()
+    dilated = _dilate(mask, radius)
+    eroded = 1.0 - F.max_pool2d(F.pad(1.0 - mask, (radius,) * 4, value=0.0), 2 * radius + 1, stride=1)
+    return (dilated - eroded).clamp_(0.0, 1.0)
+
+
+def roi_interior(mask: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
+    """``y_t = y * (1 - y_c)``: the ROI without its contour band."""
+    return (mask > 0.5).float() * (1.0 - band)
+
+
+def texture_strength(images: torch.Tensor, points: int = 8, radius: float = 1.0) -> torch.Tensor:
+    """LBP texture-strength map ``x_t`` in [0, 1], ``(B, 1, H, W)``, larger where texture is stronger.
+
+    Exactly: (1) grey = channel mean of the image, quantized to uint8; (2) ``codes =
+    skimage.feature.local_binary_pattern(grey, P=points, R=radius, method="default")``; (3) per pixel,
+    count the circular 0/1 transitions ``T`` of the ``P``-bit code (0 on flat areas and extrema,
+    2 on edges / uniform patterns, up to ``P`` on alternating micro-texture); (4) average ``T / P`` over
+    the ``(2R+1)``-square neighbourhood (reflect padding); (5) divide by the image's maximum (an image
+    without any transitions gets zeros). Computed with NumPy per image (no per-pixel Python loop).
+
+    Args:
+        images: ``(B, C, H, W)`` float images in [0, 1].
+        points: LBP sampling points ``P``.
+        radius: LBP radius ``R``.
+
+    Returns:
+        The strength map on the images' device.
+    """
+    grey = (images.detach().float().mean(dim=1).clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
+    bits = np.arange(points)
+    maps = []
+    for image in grey:
+        codes = local_binary_pattern(image, P=points, R=radius, method="default").astype(np.int64)
+        pattern = (codes[..., None] >> bits) & 1
+        transitions = (pattern != np.roll(pattern, 1, axis=-1)).sum(axis=-1) / float(points)
+        maps.append(transitions)
+    strength = torch.from_numpy(np.stack(maps)).float()[:, None]
+    size = 2 * int(math.ceil(radius)) + 1
+    strength = F.avg_pool2d(F.pad(strength, (size // 2,) * 4, mode="reflect"), size, stride=1)
+    top = strength.amax(dim=(2, 3), keepdim=True)
+    strength = torch.where(top > 0, strength / top.clamp_min(1e-12), torch.zeros_like(strength))
+    return strength.to(images.device)
+
+
+def _tensor(value: Any) -> torch.Tensor:
+    return value.as_tensor() if hasattr(value, "as_tensor") else torch.as_tensor(value)
+
+
+@register_protector("umed")
+class UMedProtector(Protector):
+    """UMed: generators of contour- and texture-aware perturbations, trained against a surrogate U-Net.
+
+    Defaults from the paper: ``eps=4/255``, Adam with ``lr_generator=lr_surrogate=1e-4``, batch 16,
+    ``cycle=5`` (surrogate epoch when ``epoch % 5 == 0``, generator epochs otherwise), DiceCE loss,
+    surrogate = U-Net, contour band radius 3 px at 224x224, LBP texture bound, CDC contour encoder.
+    Defaults chosen by us (the paper is silent or too slow for a CPU): ``epochs=40`` in total (the
+    paper runs 100 surrogate epochs = 500 in total at 224 on a GPU), the generator outputs are squashed
+    as ``eps * tanh(raw)`` (``output="tanh"``) so the budget is smooth and the gradient never dies at
+    the clip, LBP with 8 points at radius 1, surrogate MONAI UNet widths (16, 32, 64, 128, 256).
+
+    Args:
+        eps: L-inf budget in [0, 1] units.
+        epochs: total epochs of the alternation (surrogate epochs = ``ceil(epochs / cycle)``).
+        batch_size: minibatch size used by callers that build the loader (CLI, bundles).
+        lr_generator: Adam learning rate of both generators.
+        lr_surrogate: Adam learning rate of the surrogate U-Net.
+        cycle: alternation period: surrogate when ``epoch % cycle == 0``, generators otherwise.
+        contour_radius: contour band radius in pixels at 224x224 (scaled linearly with the side).
+        lbp_points: LBP sampling points.
+        lbp_radius: LBP radius in pixels.
+        output: ``"tanh"`` (``eps * tanh(F(x))``) or ``"linear"`` (raw output, then clipped as in the paper).
+        contour_only: ablation: no texture perturbation.
+        texture_only: ablation: no contour perturbation.
+        cdc: central-difference convolutions in the contour encoder (``False``: vanilla ablation).
+        fixed_bound: ablation: texture bound ``eps * y_t`` instead of ``eps * x_t * y_t``.
+        progress: show tqdm progress bars.
+        seed: random seed.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
+
+    Raises:
+        MedueError: for options outside their ranges.
+    """
+
+    task = "segmentation"
+
+    def __init__(
+        self,
+        eps: float = 4 / 255,
+        epochs: int = 40,
+        batch_size: int = 16,
+        lr_generator: float = 1e-4,
+        lr_surrogate: float = 1e-4,
+        cycle: int = 5,
+        contour_radius: float = 3.0,
+        lbp_points: int = 8,
+        lbp_radius: float = 1.0,
+        output: str = "tanh",
+        contour_only: bool = False,
+        texture_only: bool = False,
+        cdc: bool = True,
+        fixed_bound: bool = False,
+        progress: bool = True,
+        seed: int = 0,
+        device: str | torch.device = "auto",
+    ) -> None:
+        super().__init__(eps=eps, seed=seed, device=device)
+        for option, value in (("epochs", epochs), ("batch_size", batch_size), ("cycle", cycle), ("lbp_points", lbp_points)):
+            if int(value) < 1:
+                raise MedueError(f"{option} must be >= 1, got {value}")
+        if output not in ("tanh", "linear"):
+            raise MedueError(f"output must be 'tanh' or 'linear', got {output!r}")
+        if contour_only and texture_only:
+            raise MedueError("contour_only and texture_only exclude each other")
+        if float(contour_radius) <= 0 or float(lbp_radius) <= 0:
+            raise MedueError("contour_radius and lbp_radius must be > 0")
+        self.epochs = int(epochs)
+        self.batch_size = int(batch_size)
+        self.lr_generator = float(lr_generator)
+        self.lr_surrogate = float(lr_surrogate)
+        self.cycle = int(cycle)
+        self.contour_radius = float(contour_radius)
+        self.lbp_points = int(lbp_points)
+        self.lbp_radius = float(lbp_radius)
+        self.output = output
+        self.contour_only = bool(contour_only)
+        self.texture_only = bool(texture_only)
+        self.cdc = bool(cdc)
+        self.fixed_bound = bool(fixed_bound)
+        self.progress = bool(progress)
+        self.in_channels = 0
+        self.current_epoch = 0
+        self.history: list[dict[str, float]] = []
+        self.contour_net: torch.nn.Module | None = None
+        self.texture_net: torch.nn.Module | None = None
+        self.surrogate: torch.nn.Module | None = None
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
+
+    # ------------------------------------------------------------------ config / state
+    def config(self) -> dict[str, Any]:
+        return {
+            "eps": self.eps,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr_generator": self.lr_generator,
+            "lr_surrogate": self.lr_surrogate,
+            "cycle": self.cycle,
+            "contour_radius": self.contour_radius,
+            "lbp_points": self.lbp_points,
+            "lbp_radius": self.lbp_radius,
+            "output": self.output,
+            "contour_only": self.contour_only,
+            "texture_only": self.texture_only,
+            "cdc": self.cdc,
+            "fixed_bound": self.fixed_bound,
+            "seed": self.seed,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        self._require_fitted()
+
+        def plain(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+            return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+        return {
+            "in_channels": self.in_channels,
+            "contour_net": plain(self.contour_net),
+            "texture_net": plain(self.texture_net),
+            "surrogate": plain(self.surrogate),
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.build(int(state["in_channels"]))
+        self.contour_net.load_state_dict(state["contour_net"])
+        self.texture_net.load_state_dict(state["texture_net"])
+        self.surrogate.load_state_dict(state["surrogate"])
+        self.history = list(state.get("history", []))
+        self.finalize()
+
+    # ------------------------------------------------------------------ networks
+    def build(self, in_channels: int) -> None:
+        """Create the generators, the surrogate U-Net and their Adam optimizers for ``in_channels``."""
+        torch.manual_seed(self.seed)
+        self.in_channels = int(in_channels)
+        self.contour_net = CDCUNet(in_channels, in_channels, cdc=self.cdc).to(self.device)
+        self.texture_net = texture_generator(in_channels, in_channels).to(self.device)
+        self.surrogate = UNet(
+            spatial_dims=2,
+            in_channels=in_channels,
+            out_channels=2,
+            channels=(16, 32, 64, 128, 256),
+            strides=(2, 2, 2, 2),
+            num_res_units=2,
+        ).to(self.device)
+        generator_parameters = list(self.contour_net.parameters()) + list(self.texture_net.parameters())
+        self.generator_optimizer = torch.optim.Adam(generator_parameters, lr=self.lr_generator)
+        self.surrogate_optimizer = torch.optim.Adam(self.surrogate.parameters(), lr=self.lr_surrogate)
+
+    @staticmethod
+    def _pad16(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        height, width = x.shape[-2:]
+        pad_h, pad_w = (-height) % 16, (-width) % 16
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        return x, (height, width)
+
+    def _raw(self, net: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        padded, (height, width) = self._pad16(images)
+        raw = net(padded)[..., :height, :width]
+        return self.eps * torch.tanh(raw) if self.output == "tanh" else raw
+
+    def regions(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``(y_c, y_t, bound_t)``: contour band, ROI interior and the per-pixel texture bound.
+
+        Args:
+            images: ``(B, C, H, W)`` images in [0, 1].
+            labels: ``(B, 1, H, W)`` binary masks.
+
+        Returns:
+            Three ``(B, 1, H, W)`` tensors; ``bound_t = eps * x_t * y_t`` (``eps * y_t`` with ``fixed_bound``).
+        """
+        radius = band_radius(min(images.shape[-2:]), self.contour_radius)
+        band = contour_band(labels.float(), radius)
+        interior = roi_interior(labels.float(), band)
+        if self.fixed_bound:
+            bound = self.eps * interior
+        else:
+            bound = self.eps * texture_strength(images, self.lbp_points, self.lbp_radius) * interior
+        return band, interior, bound
+
+    def deltas(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(delta_c, delta_t)`` for a batch, each inside its own bound (differentiable in the generators).
+
+        Args:
+            images: ``(B, C, H, W)`` images in [0, 1] on the protector's device.
+            labels: ``(B, 1, H, W)`` binary masks.
+
+        Returns:
+            ``delta_c = clip(F_c(x) * y_c, +-eps)`` and ``delta_t = clip(F_t(x), +-eps * x_t * y_t)``.
+        """
+        band, _, bound = self.regions(images, labels)
+        zeros = torch.zeros_like(images)
+        if self.texture_only:
+            delta_c = zeros
+        else:
+            delta_c = (self._raw(self.contour_net, images) * band).clamp(-self.eps, self.eps)
+        if self.contour_only:
+            delta_t = zeros
+        else:
+            delta_t = torch.maximum(torch.minimum(self._raw(self.texture_net, images), bound), -bound)
+        return delta_c, delta_t
+
+    # ------------------------------------------------------------------ training
+    def prepare(self, first_batch: dict, num_classes: int = 2, num_samples: int = 0) -> None:
+        """Build networks from the first batch's channel count (``num_classes`` must be 2)."""
+        if num_classes != 2:
+            raise MedueError(f"umed segments one foreground class (num_classes 2), got {num_classes}")
+        self.build(int(_tensor(first_batch["image"]).shape[1]))
+        self.current_epoch = 0
+        self.history = []
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the 0-based epoch that decides the phase of the next iterations (surrogate or generators)."""
+        self.current_epoch = int(epoch)
+
+    def phase(self, epoch: int | None = None) -> str:
+        """``"surrogate"`` when ``epoch % cycle == 0``, else ``"generators"``."""
+        epoch = self.current_epoch if epoch is None else epoch
+        return "surrogate" if epoch % self.cycle == 0 else "generators"
+
+    def train_iteration(self, batch: dict) -> dict[str, float]:
+        """One minibatch of the current epoch's phase; returns ``{"loss", "phase_surrogate"}``."""
+        images = _tensor(batch["image"]).float().to(self.device)
+        labels = (_tensor(batch["label"]).float().to(self.device) > 0.5).float()
+        if self.phase() == "surrogate":
+            self.surrogate.train()
+            with torch.no_grad():
+                delta_c, delta_t = self.deltas(images, labels)
+            protected = (images + delta_c + delta_t).clamp(0.0, 1.0)
+            loss = self.loss(self.surrogate(protected), labels)
+            self.surrogate_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.surrogate_optimizer.step()
+            return {"loss": float(loss.detach()), "phase_surrogate": 1.0}
+        self.surrogate.eval()
+        self.contour_net.train()
+        self.texture_net.train()
+        self.surrogate.requires_grad_(False)
+        try:
+            delta_c, delta_t = self.deltas(images, labels)
+            protected = (images + delta_c + delta_t).clamp(0.0, 1.0)
+            loss = self.loss(self.surrogate(protected), labels)
+            self.generator_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.generator_optimizer.step()
+        finally:
+            self.surrogate.requires_grad_(True)
+        return {"loss": float(loss.detach()), "phase_surrogate": 0.0}
+
+    def finalize(self) -> None:
+        """Freeze all networks in eval mode and mark the protector fitted."""
+        for net in (self.contour_net, self.texture_net, self.surrogate):
+            net.eval()
+            net.requires_grad_(False)
+        self.fitted = True
+
+    def fit(self, loader: Iterable[dict], num_classes: int = 2, num_samples: int = 0) -> UMedProtector:
+        """Run ``epochs`` epochs of the paper's alternation over ``loader``.
+
+        Args:
+            loader: batches with ``image`` ``(B, C, H, W)`` and ``label`` ``(B, 1, H, W)``.
+            num_classes: 2 (background + foreground).
+            num_samples: number of training items (informational).
+
+        Returns:
+            ``self``, fitted.
+        """
+        self.prepare(next(iter(loader)), num_classes, num_samples)
+        bar = tqdm(range(self.epochs), desc="umed fit", disable=not self.progress, leave=False)
+        for epoch in bar:
+            self.set_epoch(epoch)
+            losses = [self.train_iteration(batch)["loss"] for batch in loader]
+            record = {"epoch": epoch, "phase": self.phase(), "loss": float(np.mean(losses))}
+            self.history.append(record)
+            bar.set_postfix(phase=record["phase"][:3], loss=f"{record['loss']:.3f}")
+        self.finalize()
+        return self
+
+    # ------------------------------------------------------------------ apply
+    @torch.no_grad()
+    def perturb(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
+        """One forward pass of both generators: ``clip(x + delta_c + delta_t, 0, 1) - x``.
+
+        Args:
+            images: ``(B, C, H, W)`` images in [0, 1].
+            labels: ``(B, 1, H, W)`` binary masks (an empty mask gives a zero perturbation).
+            indices: unused (UMed generalizes to new images).
+
+        Returns:
+            The perturbation, on the images' device and dtype.
+        """
+        self._require_fitted()
+        images_t = _tensor(images)
+        x = images_t.float().to(self.device)
+        y = (_tensor(labels).float().to(self.device) > 0.5).float()
+        if y.ndim == 3:
+            y = y[:, None]
+        if x.shape[1] != self.in_channels:
+            raise MedueError(f"umed was fitted on {self.in_channels}-channel images, got {x.shape[1]} channels")
+        delta_c, delta_t = self.deltas(x, y)
+        delta = (x + delta_c + delta_t).clamp(0.0, 1.0) - x
+        return delta.to(device=images_t.device, dtype=images_t.dtype)
