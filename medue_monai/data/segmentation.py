@@ -121,8 +121,8 @@ def read_image_array(path: str | Path) -> np.ndarray:
                 top = 65535.0 if array.max() > 255 else 255.0
                 return np.clip(np.rint(array / top * 255.0), 0, 255).astype(np.uint8)
             if _channels_of(image.mode) == 1:
-                return np.asarray(image.convert("L"), dtype=np.uint8)
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+                return np.array(image.convert("L"), dtype=np.uint8)
+            return np.array(image.convert("RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise MedueError(f"{path}: cannot read image ({err})") from err
 
@@ -136,7 +136,7 @@ def read_mask_array(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as image:
-            grey = np.asarray(image.convert("L"), dtype=np.uint8)
+            grey = np.array(image.convert("L"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise MedueError(f"{path}: cannot read mask ({err})") from err
     return (grey > 127).astype(np.uint8)
@@ -157,7 +157,8 @@ def _record(item_id: str, image: Path, label: Path) -> SegmentationRecord:
     mask_size, _, _ = _probe(label)
     if mask_size != size:
         raise MedueError(
-            f"{label}: mask size {mask_size[1]}x{mask_size[0]} differs from its image {image} ({size[1]}x{size[0]})"
+            f"{label}: mask size {mask_size[1]}x{mask_size[0]} differs from its image "
+            f"{image} ({size[1]}x{size[0]})"
         )
     return SegmentationRecord(item_id, image, label, size, _channels_of(mode), fmt)
 
@@ -187,7 +188,9 @@ def _load_datalist(path: Path, data_root: str | Path | None) -> SegmentationSour
         raise MedueError(f"{path}: cannot read datalist JSON ({err})") from err
     entries = content.get("training") if isinstance(content, dict) else None
     if not isinstance(entries, list) or not entries:
-        raise MedueError(f"{path}: a datalist needs a non-empty 'training' list of {{'image', 'label'}} entries")
+        raise MedueError(
+            f"{path}: a datalist needs a non-empty 'training' list of {{'image', 'label'}} entries"
+        )
     base = Path(data_root) if data_root else path.parent
     records, seen = [], set()
     for number, entry in enumerate(entries):
@@ -274,7 +277,9 @@ def resize_image(array: np.ndarray, spatial_size: int | tuple[int, int], channel
     if tensor.shape[0] != channels:
         tensor = tensor.expand(channels, -1, -1) if tensor.shape[0] == 1 else tensor.mean(0, keepdim=True)
     if tuple(tensor.shape[-2:]) != size:
-        tensor = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+        tensor = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False, antialias=True)[
+            0
+        ]
     return tensor.clamp_(0.0, 1.0).contiguous()
 
 
@@ -334,7 +339,9 @@ class SegmentationDataset(Dataset):
         }
         item = {
             "image": MetaTensor(resize_image(image, self.spatial_size, self.channels), meta=dict(meta)),
-            "label": MetaTensor(resize_mask(mask, self.spatial_size), meta=dict(meta, filename_or_obj=str(record.label))),
+            "label": MetaTensor(
+                resize_mask(mask, self.spatial_size), meta=dict(meta, filename_or_obj=str(record.label))
+            ),
             "index": index,
             "id": record.id,
         }

@@ -46,7 +46,7 @@ def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 def contour_band(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """``dilate(y, r) - erode(y, r)`` with a ``(2r+1)``-square element; ``mask`` is ``(B, 1, H, W)`` in {0, 1}.
+    """``dilate(y, r) - erode(y, r)``, ``(2r+1)``-square element; ``mask`` is ``(B, 1, H, W)`` in {0, 1}.
 
     Erosion treats pixels outside the image as foreground (so an ROI touching the border is not
     banded along the border itself).
@@ -158,7 +158,12 @@ class UMedProtector(Protector):
         device: str | torch.device = "auto",
     ) -> None:
         super().__init__(eps=eps, seed=seed, device=device)
-        for option, value in (("epochs", epochs), ("batch_size", batch_size), ("cycle", cycle), ("lbp_points", lbp_points)):
+        for option, value in (
+            ("epochs", epochs),
+            ("batch_size", batch_size),
+            ("cycle", cycle),
+            ("lbp_points", lbp_points),
+        ):
             if int(value) < 1:
                 raise MedueError(f"{option} must be >= 1, got {value}")
         if output not in ("tanh", "linear"):
@@ -263,7 +268,9 @@ class UMedProtector(Protector):
         raw = net(padded)[..., :height, :width]
         return self.eps * torch.tanh(raw) if self.output == "tanh" else raw
 
-    def regions(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def regions(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(y_c, y_t, bound_t)``: contour band, ROI interior and the per-pixel texture bound.
 
         Args:
@@ -271,7 +278,7 @@ class UMedProtector(Protector):
             labels: ``(B, 1, H, W)`` binary masks.
 
         Returns:
-            Three ``(B, 1, H, W)`` tensors; ``bound_t = eps * x_t * y_t`` (``eps * y_t`` with ``fixed_bound``).
+            Three ``(B, 1, H, W)`` tensors; ``bound_t = eps * x_t * y_t`` (``eps * y_t`` if ``fixed_bound``).
         """
         radius = band_radius(min(images.shape[-2:]), self.contour_radius)
         band = contour_band(labels.float(), radius)
@@ -382,7 +389,9 @@ class UMedProtector(Protector):
 
     # ------------------------------------------------------------------ apply
     @torch.no_grad()
-    def perturb(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
+    def perturb(
+        self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """One forward pass of both generators: ``clip(x + delta_c + delta_t, 0, 1) - x``.
 
         Args:
@@ -400,7 +409,9 @@ class UMedProtector(Protector):
         if y.ndim == 3:
             y = y[:, None]
         if x.shape[1] != self.in_channels:
-            raise MedueError(f"umed was fitted on {self.in_channels}-channel images, got {x.shape[1]} channels")
+            raise MedueError(
+                f"umed was fitted on {self.in_channels}-channel images, got {x.shape[1]} channels"
+            )
         delta_c, delta_t = self.deltas(x, y)
         delta = (x + delta_c + delta_t).clamp(0.0, 1.0) - x
         return delta.to(device=images_t.device, dtype=images_t.dtype)

@@ -1,0 +1,474 @@
+"""Segmentation pipeline: protect an image + mask dataset into PNGs, and evaluate it with an exploiter.
+
+``protect_segmentation`` fits a segmentation protector (UMed) on the seeded 80/20 train split at a
+working size, then writes every image as a lossless PNG at its ORIGINAL size and channel count
+(train: protected; test: unperturbed), copies masks byte for byte, and writes ``protector.pt`` and
+``manifest.json``, all into a temporary folder renamed at the end. ``evaluate_segmentation`` reads the
+protected training split BACK FROM DISK, trains an exploiter on it and on the clean originals, and
+tests both on the clean test split (foreground Dice and Jaccard in percent).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from monai.metrics import DiceMetric, MeanIoU
+from monai.networks.nets import AttentionUnet, BasicUNetPlusPlus, SwinUNETR, UNet
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..data.segmentation import (
+    SegmentationDataset,
+    SegmentationRecord,
+    load_segmentation_source,
+    read_image_array,
+    read_mask_array,
+    split_ids,
+)
+from ..evaluation.invisibility import budget_metrics, invisibility_metrics
+from ..evaluation.recipes import get_recipe
+from ..io.atomic import atomic_output_dir, check_output_dir
+from ..io.manifest import build_manifest, read_manifest, write_manifest
+from ..io.png import apply_delta_uint8, copy_mask, write_png
+from ..protectors import get_protector_class
+from ..protectors import umed as _umed  # noqa: F401  (registers "umed")
+from ..utils import MedueError, resolve_device, set_seed
+
+__all__ = ["EXPLOITERS", "build_exploiter", "evaluate_segmentation", "protect_segmentation"]
+
+PROTECTOR_FILE = "protector.pt"
+EXPLOITERS = ("unet", "attentionunet", "basicunetplusplus", "swinunetr")
+
+
+def _realized_budget(pairs: list[tuple[np.ndarray, np.ndarray]], ssim: bool) -> dict[str, float]:
+    """Budget and invisibility over images of varying sizes: PSNR from the pooled MSE, SSIM per-image mean."""
+    squared, count, changed, positions, linf = 0.0, 0, 0, 0, 0.0
+    ssims = []
+    for clean, written in pairs:
+        diff = written.astype(np.float64) - clean.astype(np.float64)
+        squared += float((diff**2).sum())
+        count += diff.size
+        metrics = budget_metrics(clean[None], written[None])
+        linf = max(linf, metrics["linf_max"])
+        positions += clean.shape[0] * clean.shape[1]
+        changed += metrics["l0_share"] * clean.shape[0] * clean.shape[1]
+        if ssim:
+            ssims.append(invisibility_metrics(clean[None], written[None], hashes=False)["ssim"])
+    mse = squared / max(count, 1)
+    result = {
+        "psnr": float(10.0 * np.log10(255.0**2 / mse)) if mse > 0 else float("inf"),
+        "linf_max": linf,
+        "l0_share": changed / max(positions, 1),
+    }
+    if ssim:
+        result["ssim"] = float(np.mean(ssims)) if ssims else 1.0
+    return result
+
+
+def protect_segmentation(
+    data: str,
+    out: str,
+    method: str,
+    options: dict,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    overwrite: bool = False,
+    limit: int | None = None,
+    spatial_size: int = 224,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    progress: bool = True,
+    data_root: str | None = None,
+) -> dict:
+    """Fit a segmentation protector on the train split and write the protected dataset.
+
+    Output layout: ``images/<id>.png`` (train protected, test unperturbed, both at the original size and
+    channel count), ``masks/<original mask file>`` (copied unchanged), ``protector.pt``, ``manifest.json``.
+
+    Args:
+        data: folder with ``images/`` + ``masks/`` (or ``labels/``), or a MONAI datalist JSON.
+        out: output folder (must not exist unless ``overwrite``; never inside the input).
+        method: registered segmentation protector name (``umed``).
+        options: extra constructor options of the protector.
+        seed: seed of the split, the loaders and the protector (recorded).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
+        overwrite: replace an existing output folder.
+        limit: use only the first ``limit`` ids (sorted) before splitting, for quick runs.
+        spatial_size: working side length inside the protector.
+        batch_size: loader batch size.
+        num_workers: DataLoader workers.
+        progress: show progress bars.
+        data_root: base folder for a datalist's relative paths.
+
+    Returns:
+        The manifest written.
+
+    Raises:
+        MedueError: bad data, options or output folder (nothing is written then).
+    """
+    cls = get_protector_class(method)
+    if cls.task != "segmentation":
+        raise MedueError(f"method {method!r} is for {cls.task}; {data!r} is a segmentation dataset")
+    source = load_segmentation_source(data, data_root=data_root, limit=limit)
+    out_path = check_output_dir(out, overwrite=overwrite, inputs=(source.path,))
+    generator = set_seed(seed)
+    try:
+        protector = cls(seed=seed, device=resolve_device(device), progress=progress, **options)
+    except TypeError as err:
+        raise MedueError(f"method {method!r}: {err}") from err
+    split = split_ids(source.ids, seed=seed)
+    train_records, test_records = source.subset(split["train"]), source.subset(split["test"])
+    channels = source.in_channels
+    train = SegmentationDataset(train_records, spatial_size, channels)
+    loader = DataLoader(
+        train, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers
+    )
+    started = time.perf_counter()
+    protector.fit(loader, 2, len(train))
+    fit_seconds = time.perf_counter() - started
+
+    budget = (
+        protector.budget_info()
+        if hasattr(protector, "budget_info")
+        else {"norm": "linf", "budget": protector.eps}
+    )
+    eps = budget["budget"] if budget["norm"] == "linf" else None
+    empty = {"train": 0, "test": 0}
+    resize: dict[str, dict[str, Any]] = {}
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    with atomic_output_dir(out_path, overwrite=overwrite) as folder:
+        (folder / "images").mkdir()
+        (folder / "masks").mkdir()
+        started = time.perf_counter()
+        ordered = DataLoader(train, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        for batch in tqdm(ordered, desc="write protected", disable=not progress, leave=False):
+            delta = protector.perturb(batch["image"].as_tensor(), batch["label"].as_tensor(), batch["index"])
+            for row, index in enumerate(batch["index"].tolist()):
+                record = train_records[index]
+                original = read_image_array(record.image)
+                written = apply_delta_uint8(original, delta[row], eps)
+                write_png(folder / "images" / f"{record.id}.png", written)
+                pairs.append((original, written))
+        apply_seconds = time.perf_counter() - started
+        for split_name, records in (("train", train_records), ("test", test_records)):
+            for record in records:
+                if split_name == "test":
+                    write_png(folder / "images" / f"{record.id}.png", read_image_array(record.image))
+                mask = copy_mask(record.label, folder / "masks")
+                empty[split_name] += int(read_mask_array(mask).max() == 0)
+                resize[record.id] = {
+                    "original_size": list(record.size),
+                    "channels": record.channels,
+                    "working_size": [spatial_size, spatial_size],
+                    "source_format": record.format,
+                    "image": f"images/{record.id}.png",
+                    "mask": f"masks/{mask.name}",
+                }
+        realized = _realized_budget(pairs, ssim=False)
+        protector.save(folder / PROTECTOR_FILE)
+        jpeg = sorted(r.id for r in source.records if r.format.upper() in ("JPEG", "MPO"))
+        manifest = build_manifest(
+            task="segmentation",
+            method=method,
+            options=protector.config(),
+            seed=seed,
+            source=source.path,
+            data_spec=str(data),
+            output_files={
+                "images": folder / "images",
+                "masks": folder / "masks",
+                PROTECTOR_FILE: folder / PROTECTOR_FILE,
+            },
+            counts={
+                "train": len(train_records),
+                "test": len(test_records),
+                "empty_masks_train": empty["train"],
+                "empty_masks_test": empty["test"],
+            },
+            extra={
+                "dataset": {
+                    "name": source.name,
+                    "kind": source.kind,
+                    "path": str(Path(source.path).resolve()),
+                    "data_root": data_root,
+                    "in_channels": channels,
+                    "spatial_size": spatial_size,
+                    "limit": limit,
+                    "replaced_splits": ["train"],
+                    "output_format": "png",
+                    "jpeg_source_count": len(jpeg),
+                    "note": (
+                        f"{len(jpeg)} source images were JPEG; all outputs are lossless PNG "
+                        "(JPEG would erase the protection)"
+                        if jpeg
+                        else "all outputs are lossless PNG"
+                    ),
+                },
+                "split": split,
+                "resize": resize,
+                "budget": {**budget, "realized": realized},
+                "timing": {
+                    "fit_seconds": fit_seconds,
+                    "apply_seconds": apply_seconds,
+                    "apply_images_per_second": len(train_records) / max(apply_seconds, 1e-9),
+                    "device": str(protector.device),
+                },
+                "history": getattr(protector, "history", []),
+            },
+        )
+        write_manifest(folder, manifest)
+    return manifest
+
+
+def build_exploiter(name: str, in_channels: int, spatial_size: int) -> torch.nn.Module:
+    """A MONAI segmentation network with 2 output channels (background, foreground).
+
+    Args:
+        name: ``unet``, ``attentionunet``, ``basicunetplusplus`` or ``swinunetr``.
+        in_channels: image channels.
+        spatial_size: working side (SwinUNETR needs a multiple of 32).
+
+    Returns:
+        The network; BasicUNetPlusPlus is wrapped to return its first output.
+
+    Raises:
+        MedueError: for an unknown name.
+    """
+    if name == "unet":
+        return UNet(2, in_channels, 2, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2)
+    if name == "attentionunet":
+        return AttentionUnet(2, in_channels, 2, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2))
+    if name == "basicunetplusplus":
+        return _FirstOutput(BasicUNetPlusPlus(spatial_dims=2, in_channels=in_channels, out_channels=2))
+    if name == "swinunetr":
+        if spatial_size % 32:
+            raise MedueError(f"swinunetr needs a spatial size divisible by 32, got {spatial_size}")
+        return SwinUNETR(in_channels=in_channels, out_channels=2, spatial_dims=2, feature_size=24)
+    raise MedueError(f"unknown segmentation exploiter {name!r}; choose from {', '.join(EXPLOITERS)}")
+
+
+class _FirstOutput(torch.nn.Module):
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)[0]
+
+
+@torch.no_grad()
+def _test(network: torch.nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+    network.eval()
+    dice = DiceMetric(include_background=False, reduction="mean", ignore_empty=False)
+    iou = MeanIoU(include_background=False, reduction="mean", ignore_empty=False)
+    for batch in loader:
+        images = batch["image"].as_tensor().to(device)
+        labels = (batch["label"].as_tensor().to(device) > 0.5).long()
+        prediction = network(images).argmax(dim=1, keepdim=True)
+        pred_onehot = torch.cat([prediction == 0, prediction == 1], dim=1).float()
+        label_onehot = torch.cat([labels == 0, labels == 1], dim=1).float()
+        dice(pred_onehot, label_onehot)
+        iou(pred_onehot, label_onehot)
+    return {"dice": 100.0 * float(dice.aggregate().item()), "jaccard": 100.0 * float(iou.aggregate().item())}
+
+
+def train_segmentation_exploiter(
+    recipe: dict[str, Any],
+    exploiter: str,
+    train: SegmentationDataset,
+    test: SegmentationDataset,
+    *,
+    device: torch.device,
+    seed: int = 0,
+    num_workers: int = 0,
+    progress: bool = True,
+    description: str = "exploiter",
+) -> dict[str, Any]:
+    """Train an exploiter from scratch with a recipe and test it on the clean test split every epoch.
+
+    Args:
+        recipe: a segmentation recipe (``lr``, ``weight_decay``, ``epochs``, ``batch_size``).
+        exploiter: network name (see :func:`build_exploiter`).
+        train: training items (protected or clean).
+        test: clean test items.
+        device: torch device.
+        seed: seed for weights and shuffling.
+        num_workers: DataLoader workers.
+        progress: show a tqdm bar.
+        description: bar label.
+
+    Returns:
+        ``{"dice", "jaccard", "curves": {"train_loss", "test_dice", "test_jaccard"}}`` (final epoch).
+    """
+    generator = set_seed(seed)
+    network = build_exploiter(exploiter, train.channels, train.spatial_size).to(device)
+    optimizer = torch.optim.Adam(
+        network.parameters(), lr=float(recipe["lr"]), weight_decay=float(recipe.get("weight_decay", 0))
+    )
+    loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
+    batch_size = int(recipe["batch_size"])
+    train_loader = DataLoader(
+        train, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers
+    )
+    test_loader = DataLoader(test, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    curves: dict[str, list[float]] = {"train_loss": [], "test_dice": [], "test_jaccard": []}
+    scores = {"dice": 0.0, "jaccard": 0.0}
+    for _ in tqdm(range(int(recipe["epochs"])), desc=description, disable=not progress, leave=False):
+        network.train()
+        losses = []
+        for batch in train_loader:
+            images = batch["image"].as_tensor().to(device)
+            labels = (batch["label"].as_tensor().to(device) > 0.5).float()
+            loss = loss_function(network(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        scores = _test(network, test_loader, device)
+        curves["train_loss"].append(float(np.mean(losses)))
+        curves["test_dice"].append(scores["dice"])
+        curves["test_jaccard"].append(scores["jaccard"])
+    return {**scores, "curves": curves}
+
+
+def _protected_records(folder: Path, manifest: dict[str, Any]) -> list[SegmentationRecord]:
+    records = []
+    for item_id in manifest["split"]["train"]:
+        entry = manifest["resize"][item_id]
+        image, mask = folder / entry["image"], folder / entry["mask"]
+        for path in (image, mask):
+            if not path.is_file():
+                raise MedueError(f"{path}: listed in the manifest of {folder} but missing")
+        records.append(
+            SegmentationRecord(item_id, image, mask, tuple(entry["original_size"]), entry["channels"], "PNG")
+        )
+    return records
+
+
+def evaluate_segmentation(
+    protected: str,
+    recipe: str = "seg-quick",
+    exploiter: str = "unet",
+    *,
+    epochs: int | None = None,
+    output: str | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    num_workers: int = 0,
+    progress: bool = True,
+    data_root: str | None = None,
+) -> dict:
+    """Train an exploiter on the protected train split (read back from disk) and on the clean one.
+
+    Both are tested on the CLEAN test split of the original source (path from the manifest; pass
+    ``data_root`` when the source moved: it is then looked up as ``data_root/<source folder name>``).
+
+    Args:
+        protected: folder written by :func:`protect_segmentation`.
+        recipe: segmentation recipe name (``seg-quick``, ``seg-paper``).
+        exploiter: ``unet``, ``attentionunet``, ``basicunetplusplus`` or ``swinunetr``.
+        epochs: override the recipe's epochs.
+        output: results JSON path (a learning-curve PNG is written beside it); ``None`` writes nothing.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
+        seed: seed of both exploiter runs (the same for clean and protected).
+        num_workers: DataLoader workers.
+        progress: show progress bars.
+        data_root: where to find the clean source when its recorded path is gone.
+
+    Returns:
+        Results with ``clean`` / ``protected`` ``{"dice", "jaccard"}`` (%), ``invisibility``,
+        ``budget`` and ``curves``.
+
+    Raises:
+        MedueError: not a segmentation output, unknown recipe / exploiter, missing files.
+    """
+    folder = Path(protected)
+    manifest = read_manifest(folder)
+    if manifest.get("task") != "segmentation":
+        raise MedueError(f"{folder}: manifest task is {manifest.get('task')!r}, not segmentation")
+    recipe_config = get_recipe(recipe, epochs=epochs)
+    if recipe_config["task"] != "segmentation":
+        raise MedueError(f"recipe {recipe!r} is for {recipe_config['task']}, not segmentation")
+    if exploiter not in EXPLOITERS:
+        raise MedueError(f"unknown segmentation exploiter {exploiter!r}; choose from {', '.join(EXPLOITERS)}")
+    dataset_info = manifest["dataset"]
+    source_path = Path(dataset_info["path"])
+    if not source_path.exists() and data_root is not None:
+        source_path = Path(data_root) / source_path.name
+    source = load_segmentation_source(source_path, data_root=dataset_info.get("data_root"))
+    known = set(source.ids)
+    missing = [i for i in manifest["split"]["train"] + manifest["split"]["test"] if i not in known]
+    if missing:
+        raise MedueError(
+            f"{source_path}: clean source lacks {len(missing)} ids of the manifest (e.g. {missing[0]!r})"
+        )
+    size = int(recipe_config.get("spatial_size", dataset_info["spatial_size"]))
+    channels = int(dataset_info["in_channels"])
+    clean_train_records = source.subset(manifest["split"]["train"])
+    protected_records = _protected_records(folder, manifest)
+    test = SegmentationDataset(source.subset(manifest["split"]["test"]), size, channels, cache=True)
+    torch_device = resolve_device(device)
+    started = time.perf_counter()
+    runs = {}
+    for name, records in (("clean", clean_train_records), ("protected", protected_records)):
+        train = SegmentationDataset(records, size, channels, cache=True)
+        runs[name] = train_segmentation_exploiter(
+            recipe_config,
+            exploiter,
+            train,
+            test,
+            device=torch_device,
+            seed=seed,
+            num_workers=num_workers,
+            progress=progress,
+            description=f"{exploiter} on {name}",
+        )
+    pairs = [
+        (read_image_array(c.image), read_image_array(p.image))
+        for c, p in zip(clean_train_records, protected_records, strict=True)
+    ]
+    realized = _realized_budget(pairs, ssim=True)
+    results = {
+        "task": "segmentation",
+        "dataset": dataset_info["name"],
+        "method": manifest["method"],
+        "recipe": recipe_config,
+        "exploiter": exploiter,
+        "seed": seed,
+        "device": str(torch_device),
+        "clean": {k: v for k, v in runs["clean"].items() if k != "curves"},
+        "protected": {k: v for k, v in runs["protected"].items() if k != "curves"},
+        "invisibility": {"psnr": realized["psnr"], "ssim": realized["ssim"]},
+        "budget": {
+            "norm": manifest["budget"]["norm"],
+            "eps": manifest["budget"]["budget"],
+            "linf_max": realized["linf_max"],
+            "l0_share": realized["l0_share"],
+        },
+        "curves": {name: run["curves"] for name, run in runs.items()},
+        "wall_seconds": time.perf_counter() - started,
+    }
+    if output is not None:
+        from ..evaluation.plots import plot_learning_curves
+
+        output_path = Path(output)
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        plot_path = output_path.with_suffix(".png")
+        plot_learning_curves(
+            results["curves"],
+            "test_dice",
+            plot_path,
+            f"{exploiter} ({recipe}) on {results['dataset']}: clean vs {results['method']}-protected",
+        )
+        results["learning_curves_png"] = str(plot_path)
+        tmp = output_path.with_suffix(output_path.suffix + ".tmp")
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+        tmp.replace(output_path)
+    return results
