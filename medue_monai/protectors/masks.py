@@ -12,7 +12,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["REGIONS", "contour_radius", "dilate_mask", "erode_mask", "contour_band", "roi_interior", "region_mask"]
+__all__ = [
+    "REGIONS",
+    "contour_radius",
+    "dilate_mask",
+    "erode_mask",
+    "contour_band",
+    "roi_interior",
+    "region_mask",
+]
 
 REGIONS = ("full", "roi", "contour", "interior", "background")
 
@@ -56,7 +64,9 @@ def dilate_mask(mask: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 def erode_mask(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Binary erosion with a ``(2r+1)^2`` square (dual of :func:`dilate_mask`; outside the image counts as foreground).
+    """Binary erosion with a ``(2r+1)^2`` square, the dual of :func:`dilate_mask`.
+
+    Pixels outside the image count as foreground, so a mask touching the border keeps its edge there.
 
     Args:
         mask: ``(B, C, H, W)`` mask.

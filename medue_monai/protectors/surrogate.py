@@ -232,7 +232,9 @@ class SurrogatePGDProtector(Protector):
     def recipe(self) -> dict[str, Any]:
         """The surrogate's training recipe, as recorded in :attr:`history` and the manifest."""
         return {
-            "network": "monai UNet(16-256, strides 2x4, 2 res units)" if self.task == "segmentation" else self.surrogate_name,
+            "network": "monai UNet(16-256, strides 2x4, 2 res units)"
+            if self.task == "segmentation"
+            else self.surrogate_name,
             "loss": "DiceCELoss" if self.task == "segmentation" else "cross_entropy",
             "optimizer": "adam",
             "lr": self.surrogate_lr,
@@ -311,7 +313,7 @@ class SurrogatePGDProtector(Protector):
     def train_surrogate(
         self, loader: Iterable[dict], num_samples: int, val_loader: Iterable[dict] | None = None
     ) -> None:
-        """Train the clean surrogate and keep checkpoints by the policy; fills :attr:`models` and :attr:`history`.
+        """Train the clean surrogate and keep checkpoints by the policy (fills ``models`` and ``history``).
 
         Args:
             loader: clean training batches.
@@ -321,13 +323,19 @@ class SurrogatePGDProtector(Protector):
         """
         torch.manual_seed(self.seed)
         model = self._build_model()
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.surrogate_lr, weight_decay=self.surrogate_weight_decay)
+        optimizer = torch.optim.Adam(
+            model.parameters(), lr=self.surrogate_lr, weight_decay=self.surrogate_weight_decay
+        )
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.surrogate_epochs)
         held_out = torch.zeros(num_samples, dtype=torch.bool, device=self.device)
         if val_loader is None and self.holdout_fraction > 0:
             order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(self.seed))
-            held_out[order[: max(1, int(math.floor(self.holdout_fraction * num_samples)))].to(self.device)] = True
-        score_source = "val_loader" if val_loader is not None else ("holdout" if bool(held_out.any()) else "train")
+            held_out[
+                order[: max(1, int(math.floor(self.holdout_fraction * num_samples)))].to(self.device)
+            ] = True
+        score_source = (
+            "val_loader" if val_loader is not None else ("holdout" if bool(held_out.any()) else "train")
+        )
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True) if self.task == "segmentation" else None
         kept: list[dict[str, torch.Tensor]] = []
         best = -math.inf
@@ -363,7 +371,12 @@ class SurrogatePGDProtector(Protector):
             if keep:
                 kept.append({k: v.detach().clone() for k, v in model.state_dict().items()})
                 kept = kept[-self.max_checkpoints :]
-            record = {"epoch": epoch, "loss": sum(losses) / max(len(losses), 1), "score": score, "kept": bool(keep)}
+            record = {
+                "epoch": epoch,
+                "loss": sum(losses) / max(len(losses), 1),
+                "score": score,
+                "kept": bool(keep),
+            }
             self.history.append(record)
             bar.set_postfix({"loss": round(record["loss"], 4), "score": round(score, 4)})
         self.models = []
@@ -406,7 +419,9 @@ class SurrogatePGDProtector(Protector):
             total = total + per_sample_loss(model(inputs), targets, self.task)
         return total / len(self.models)
 
-    def perturb(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
+    def perturb(
+        self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Targeted PGD towards the wrong target against the (ensemble of) frozen surrogate(s).
 
         Args:
@@ -426,7 +441,9 @@ class SurrogatePGDProtector(Protector):
         batch = {"image": images, "label": labels, "index": torch.zeros(len(images), dtype=torch.long)}
         x, y, _ = batch_tensors(batch, self.device, self.task)
         if tuple(x.shape[1:]) != self.image_shape:
-            raise MedueError(f"{self.name}: images of shape {tuple(x.shape[1:])}, fitted on {self.image_shape}")
+            raise MedueError(
+                f"{self.name}: images of shape {tuple(x.shape[1:])}, fitted on {self.image_shape}"
+            )
         targets = self._targets(y)
         region = self._region(y)
         generator = torch.Generator().manual_seed(self.seed)

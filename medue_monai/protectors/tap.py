@@ -1,4 +1,6 @@
-"""TAP: targeted adversarial poisoning (Fowl et al., "Adversarial Examples Make Strong Poisons", NeurIPS 2021).
+"""TAP: targeted adversarial poisoning.
+
+Fowl et al., "Adversarial Examples Make Strong Poisons", NeurIPS 2021.
 
 A surrogate is trained on the clean data and frozen; each image then gets an L-inf PGD
 perturbation that minimizes the cross-entropy to a wrong target class ``(y + 1) mod C``. The
