@@ -53,6 +53,7 @@ class LSPProtector(Protector):
         class_sep: half the side of the hypercube whose vertices are the class centres.
         noise_std: standard deviation of each image's draw around its class centre.
         quantize: snap ``delta`` to multiples of 1/255 without exceeding the L2 budget.
+        progress: accepted for a uniform interface; generation takes seconds and shows no bar.
         seed: random seed.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
 
@@ -67,6 +68,7 @@ class LSPProtector(Protector):
         class_sep: float = 1.0,
         noise_std: float = 0.25,
         quantize: bool = True,
+        progress: bool = False,
         seed: int = 0,
         device: str | torch.device = "auto",
     ) -> None:
@@ -256,6 +258,7 @@ class LSPSegProtector(LSPProtector):
         class_sep: half the side of the hypercube whose vertices are the two class centres.
         noise_std: standard deviation of each image's draw around a class centre.
         quantize: snap ``delta`` to multiples of 1/255 without exceeding the L2 budget.
+        progress: accepted for a uniform interface; generation takes seconds and shows no bar.
         seed: random seed.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
     """
