@@ -120,7 +120,7 @@ def protect_segmentation(
     out_path = check_output_dir(out, overwrite=overwrite, inputs=(source.path,))
     generator = set_seed(seed)
     try:
-        protector = cls(seed=seed, device=resolve_device(device), progress=progress, **options)
+        protector = cls(**{"progress": progress, **options, "seed": seed, "device": resolve_device(device)})
     except TypeError as err:
         raise MedueError(f"method {method!r}: {err}") from err
     split = split_ids(source.ids, seed=seed)

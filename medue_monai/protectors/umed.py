@@ -66,7 +66,10 @@ def texture_strength(images: torch.Tensor, points: int = 8, radius: float = 1.0)
     """LBP texture-strength map ``x_t`` in [0, 1], ``(B, 1, H, W)``, larger where texture is stronger.
 
     Exactly: (1) grey = channel mean of the image, quantized to uint8; (2) ``codes =
-    skimage.feature.local_binary_pattern(grey, P=points, R=radius, method="default")``; (3) per pixel,
+    skimage.feature.local_binary_pattern(grey, P=points, R=radius, method="default")``, where bit ``p``
+    is 1 when neighbour ``p`` >= the centre; skimage's bilinear sampling of off-grid neighbours turns
+    exact ties into tiny negative differences, so a bit is also set when the code of ``255 - grey``
+    says the neighbour is NOT strictly larger there (ties count as >=, as LBP intends); (3) per pixel,
     count the circular 0/1 transitions ``T`` of the ``P``-bit code (0 on flat areas and extrema,
     2 on edges / uniform patterns, up to ``P`` on alternating micro-texture); (4) average ``T / P`` over
     the ``(2R+1)``-square neighbourhood (reflect padding); (5) divide by the image's maximum (an image
@@ -84,8 +87,9 @@ def texture_strength(images: torch.Tensor, points: int = 8, radius: float = 1.0)
     bits = np.arange(points)
     maps = []
     for image in grey:
-        codes = local_binary_pattern(image, P=points, R=radius, method="default").astype(np.int64)
-        pattern = (codes[..., None] >> bits) & 1
+        forward = local_binary_pattern(image, P=points, R=radius, method="default").astype(np.int64)
+        inverted = local_binary_pattern(255 - image, P=points, R=radius, method="default").astype(np.int64)
+        pattern = ((forward[..., None] >> bits) & 1) | (1 - ((inverted[..., None] >> bits) & 1))
         transitions = (pattern != np.roll(pattern, 1, axis=-1)).sum(axis=-1) / float(points)
         maps.append(transitions)
     strength = torch.from_numpy(np.stack(maps)).float()[:, None]
@@ -256,9 +260,12 @@ class UMedProtector(Protector):
         self.surrogate_optimizer = torch.optim.Adam(self.surrogate.parameters(), lr=self.lr_surrogate)
 
     @staticmethod
-    def _pad16(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    def _pad16(x: torch.Tensor, minimum: int = 16) -> tuple[torch.Tensor, tuple[int, int]]:
         height, width = x.shape[-2:]
-        pad_h, pad_w = (-height) % 16, (-width) % 16
+        pad_h, pad_w = (
+            max(minimum, height + (-height) % 16) - height,
+            max(minimum, width + (-width) % 16) - width,
+        )
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         return x, (height, width)
@@ -267,6 +274,11 @@ class UMedProtector(Protector):
         padded, (height, width) = self._pad16(images)
         raw = net(padded)[..., :height, :width]
         return self.eps * torch.tanh(raw) if self.output == "tanh" else raw
+
+    def surrogate_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Surrogate U-Net logits (inputs replicate-padded to a multiple of 16, at least 32, then cropped)."""
+        padded, (height, width) = self._pad16(images, minimum=32)
+        return self.surrogate(padded)[..., :height, :width]
 
     def regions(
         self, images: torch.Tensor, labels: torch.Tensor
@@ -338,7 +350,7 @@ class UMedProtector(Protector):
             with torch.no_grad():
                 delta_c, delta_t = self.deltas(images, labels)
             protected = (images + delta_c + delta_t).clamp(0.0, 1.0)
-            loss = self.loss(self.surrogate(protected), labels)
+            loss = self.loss(self.surrogate_logits(protected), labels)
             self.surrogate_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.surrogate_optimizer.step()
@@ -350,7 +362,7 @@ class UMedProtector(Protector):
         try:
             delta_c, delta_t = self.deltas(images, labels)
             protected = (images + delta_c + delta_t).clamp(0.0, 1.0)
-            loss = self.loss(self.surrogate(protected), labels)
+            loss = self.loss(self.surrogate_logits(protected), labels)
             self.generator_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.generator_optimizer.step()

@@ -1,0 +1,157 @@
+"""Segmentation sources, split, bad-input errors, and the protect pipeline on tiny folders and Kvasir-SEG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medue_monai.data.segmentation import (
+    SegmentationDataset,
+    load_segmentation_source,
+    read_image_array,
+    read_mask_array,
+    split_ids,
+)
+from medue_monai.io.manifest import read_manifest
+from medue_monai.pipeline.segmentation import protect_segmentation
+from medue_monai.utils import MedueError
+
+TINY = {"epochs": 1, "progress": False}
+
+
+def _make_folder(root: Path, n: int = 5, mask_dir: str = "masks", grey: bool = False, empty: int = 0) -> Path:
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / mask_dir).mkdir()
+    for i in range(n):
+        height, width = 20 + i, 24 + 2 * i
+        shape = (height, width) if grey else (height, width, 3)
+        image = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        mask = np.zeros((height, width), dtype=np.uint8)
+        if i >= empty:
+            mask[4:14, 5:17] = 255
+        Image.fromarray(image).save(root / "images" / f"case{i}.png")
+        Image.fromarray(mask).save(root / mask_dir / f"case{i}.png")
+    return root
+
+
+def test_folder_source_and_dataset(tmp_path) -> None:
+    root = _make_folder(tmp_path / "d", mask_dir="labels", grey=True)
+    source = load_segmentation_source(root)
+    assert source.ids == [f"case{i}" for i in range(5)] and source.in_channels == 1
+    item = SegmentationDataset(source.records, spatial_size=16)[2]
+    assert item["image"].shape == (1, 16, 16) and item["label"].shape == (1, 16, 16)
+    assert item["image"].meta["original_size"] == [22, 28] and item["image"].meta["original_channels"] == 1
+    assert set(torch.unique(item["label"]).tolist()) <= {0.0, 1.0}
+    assert item["image"].min() >= 0 and item["image"].max() <= 1
+
+
+def test_split_is_seeded_and_disjoint() -> None:
+    ids = [f"id{i:03d}" for i in range(50)]
+    split = split_ids(list(reversed(ids)), seed=3)
+    assert split == split_ids(ids, seed=3) and len(split["test"]) == 10
+    assert set(split["train"]).isdisjoint(split["test"]) and set(split["train"]) | set(split["test"]) == set(
+        ids
+    )
+    assert split != split_ids(ids, seed=4)
+
+
+def test_datalist_source(tmp_path) -> None:
+    root = _make_folder(tmp_path / "d", n=3)
+    datalist = {
+        "training": [{"image": f"images/case{i}.png", "label": f"masks/case{i}.png"} for i in range(3)]
+    }
+    path = root / "list.json"
+    path.write_text(json.dumps(datalist))
+    source = load_segmentation_source(path)
+    assert source.kind == "datalist" and source.ids == ["case0", "case1", "case2"]
+    path.write_text(json.dumps({"training": [{"image": "images/case0.png"}]}))
+    with pytest.raises(MedueError, match="case0.png"):
+        load_segmentation_source(path)
+
+
+@pytest.mark.parametrize("problem", ["no_mask", "no_image", "size", "unreadable"])
+def test_bad_inputs_name_the_file(tmp_path, problem: str) -> None:
+    root = _make_folder(tmp_path / "d", n=3)
+    if problem == "no_mask":
+        (root / "masks" / "case1.png").unlink()
+        expected = "case1.png: image has no mask"
+    elif problem == "no_image":
+        (root / "images" / "case1.png").unlink()
+        expected = "case1.png: mask has no image"
+    elif problem == "size":
+        Image.fromarray(np.zeros((5, 5), dtype=np.uint8)).save(root / "masks" / "case1.png")
+        expected = "case1.png: mask size 5x5 differs"
+    else:
+        (root / "images" / "case1.png").write_bytes(b"not an image")
+        expected = "case1.png: cannot read image"
+    with pytest.raises(MedueError, match=expected):
+        load_segmentation_source(root)
+    out = tmp_path / "out"
+    with pytest.raises(MedueError):
+        protect_segmentation(str(root), str(out), "umed", TINY, spatial_size=16, device="cpu", progress=False)
+    assert not out.exists() and not any(p.name.startswith(".out.partial") for p in tmp_path.iterdir())
+
+
+def test_protect_writes_pngs_at_original_size(tmp_path) -> None:
+    root = _make_folder(tmp_path / "d", n=5, empty=1)
+    (root / "masks" / "case4.png").rename(root / "masks" / "case4.bmp")
+    Image.open(root / "masks" / "case4.bmp").save(root / "masks" / "case4.bmp", format="BMP")
+    out = tmp_path / "out"
+    manifest = protect_segmentation(
+        str(root), str(out), "umed", TINY, spatial_size=16, batch_size=2, device="cpu", progress=False
+    )
+    assert read_manifest(out)["task"] == "segmentation" and (out / "protector.pt").is_file()
+    assert manifest["counts"]["train"] == 4 and manifest["counts"]["test"] == 1
+    assert manifest["counts"]["empty_masks_train"] + manifest["counts"]["empty_masks_test"] == 1
+    eps = manifest["budget"]["budget"]
+    for item_id in manifest["split"]["train"] + manifest["split"]["test"]:
+        original = read_image_array(root / "images" / f"{item_id}.png")
+        written = np.array(Image.open(out / "images" / f"{item_id}.png"))
+        assert written.shape == original.shape and written.dtype == np.uint8
+        diff = np.abs(written.astype(int) - original.astype(int))
+        assert diff.max() <= int(np.floor(255 * eps + 1e-6))
+        record = manifest["resize"][item_id]
+        if item_id in manifest["split"]["test"] or read_mask_array(out / record["mask"]).max() == 0:
+            assert diff.max() == 0
+        assert record["original_size"] == list(original.shape[:2]) and record["channels"] == 3
+        assert (out / record["mask"]).read_bytes() == (
+            root / "masks" / Path(record["mask"]).name
+        ).read_bytes()
+    with pytest.raises(MedueError, match="already exists"):
+        protect_segmentation(str(root), str(out), "umed", TINY, spatial_size=16, device="cpu", progress=False)
+    with pytest.raises(MedueError, match="overlaps"):
+        protect_segmentation(
+            str(root), str(root / "x"), "umed", TINY, spatial_size=16, device="cpu", progress=False
+        )
+
+
+def test_kvasir_subset(shared_data, tmp_path) -> None:
+    root = shared_data / "kvasir-seg"
+    if not root.is_dir():
+        pytest.skip(f"{root} is absent")
+    out = tmp_path / "kv"
+    manifest = protect_segmentation(
+        str(root),
+        str(out),
+        "umed",
+        TINY,
+        limit=8,
+        spatial_size=32,
+        batch_size=4,
+        device="cpu",
+        progress=False,
+    )
+    assert manifest["counts"]["train"] + manifest["counts"]["test"] == 8
+    assert manifest["dataset"]["jpeg_source_count"] == 8 and "JPEG" in manifest["dataset"]["note"]
+    realized = manifest["budget"]["realized"]
+    assert realized["linf_max"] <= manifest["budget"]["budget"] + 1e-9 and realized["psnr"] > 40
+    item_id = manifest["split"]["train"][0]
+    written = Image.open(out / "images" / f"{item_id}.png")
+    original = Image.open(root / "images" / f"{item_id}.jpg")
+    assert written.format == "PNG" and written.size == original.size and written.mode == "RGB"

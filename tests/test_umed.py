@@ -1,0 +1,178 @@
+"""UMed: CDC layer, region masks, perturbation bounds, PNG round trip, transforms and the pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from monai.data import MetaTensor
+from PIL import Image
+
+from medue_monai.io.png import apply_delta_uint8, write_png
+from medue_monai.nets.cdc import CDConv2d, CDCUNet, texture_generator
+from medue_monai.protectors.base import load_protector
+from medue_monai.protectors.umed import (
+    UMedProtector,
+    band_radius,
+    contour_band,
+    roi_interior,
+    texture_strength,
+)
+from medue_monai.transforms.umed import UMedProtect, UMedProtectD, UMedProtectd, UMedProtectDict
+from medue_monai.utils import MedueError
+
+EPS = 4 / 255
+
+
+def _batch(size: int = 16, batch: int = 2, channels: int = 3) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(batch, channels, size, size, generator=generator)
+    labels = torch.zeros(batch, 1, size, size)
+    labels[:, :, size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1.0
+    return {"image": images, "label": labels, "index": torch.arange(batch)}
+
+
+@pytest.fixture(scope="module")
+def fitted() -> UMedProtector:
+    torch.manual_seed(0)
+    protector = UMedProtector(epochs=2, device="cpu", progress=False, lr_generator=1e-2)
+    batch = _batch()
+    protector.fit([batch], 2, 2)
+    return protector
+
+
+def test_cdc_equals_two_convolution_formula() -> None:
+    torch.manual_seed(0)
+    for stride in (1, 2):
+        layer = CDConv2d(3, 5, stride=stride)
+        x = torch.randn(2, 3, 11, 13)
+        vanilla = F.conv2d(x, layer.weight_v, layer.bias, stride=stride, padding=1)
+        difference = F.conv2d(x, layer.weight_c, stride=stride, padding=1) - F.conv2d(
+            x, layer.weight_c.sum(dim=(2, 3), keepdim=True), stride=stride
+        )
+        assert torch.allclose(layer(x), vanilla + difference, atol=1e-5)
+
+
+def test_cdc_definition_by_neighbourhoods() -> None:
+    """out(r) = sum w_v f(r+dr) + sum w_c [f(r+dr) - f(r)], from unfolded 3x3 neighbourhoods."""
+    torch.manual_seed(1)
+    layer = CDConv2d(2, 3, bias=False)
+    x = torch.randn(1, 2, 6, 7)
+    patches = F.unfold(x, 3, padding=1).view(1, 2, 9, 42)
+    centre = x.view(1, 2, 1, 42)
+    w_v, w_c = layer.weight_v.view(3, 2, 9), layer.weight_c.view(3, 2, 9)
+    expected = torch.einsum("oik,bikp->bop", w_v, patches) + torch.einsum(
+        "oik,bikp->bop", w_c, patches - centre
+    )
+    assert torch.allclose(layer(x).view(1, 3, 42), expected, atol=1e-5)
+
+
+def test_generators_keep_shape() -> None:
+    x = torch.rand(1, 3, 30, 34)
+    assert CDCUNet(3, 3)(x).shape == x.shape
+    assert CDCUNet(3, 3, cdc=False)(x).shape == x.shape
+    assert texture_generator(1, 1)(torch.rand(1, 1, 32, 32)).shape == (1, 1, 32, 32)
+
+
+def test_regions() -> None:
+    mask = torch.zeros(1, 1, 20, 20)
+    mask[..., 5:15, 5:15] = 1
+    band = contour_band(mask, 2)
+    interior = roi_interior(mask, band)
+    assert band[..., 3:17, 3:17].sum() == 14 * 14 - 6 * 6 and band.sum() == 14 * 14 - 6 * 6
+    assert interior.sum() == 6 * 6 and (interior * band).sum() == 0
+    assert band_radius(224) == 3 and band_radius(128) == 2 and band_radius(32) == 1
+    strength = texture_strength(torch.rand(2, 3, 16, 16))
+    assert strength.shape == (2, 1, 16, 16) and strength.min() >= 0 and strength.max() <= 1
+    assert texture_strength(torch.full((1, 1, 8, 8), 0.5)).abs().sum() == 0
+
+
+def test_delta_bounds(fitted: UMedProtector) -> None:
+    batch = _batch()
+    images, labels = batch["image"], batch["label"]
+    band, interior, bound = fitted.regions(images, labels)
+    with torch.no_grad():
+        delta_c, delta_t = fitted.deltas(images, labels)
+    assert delta_c.abs().max() <= EPS + 1e-7
+    assert (delta_c * (1 - band)).abs().max() == 0
+    assert delta_c.abs().sum() > 0
+    strength = texture_strength(images)
+    assert (delta_t.abs() <= EPS * strength * interior + 1e-7).all()
+    assert (delta_t * (1 - interior)).abs().max() == 0
+    delta = fitted.perturb(images, labels)
+    assert ((images + delta) >= 0).all() and ((images + delta) <= 1).all()
+    assert delta.abs().max() <= 2 * EPS + 1e-6
+    empty = fitted.perturb(images, torch.zeros_like(labels))
+    assert empty.abs().max() == 0
+
+
+def test_ablation_switches() -> None:
+    batch = _batch(16, 1)
+    for options, zero in (({"contour_only": True}, "t"), ({"texture_only": True}, "c")):
+        protector = UMedProtector(epochs=1, device="cpu", progress=False, **options)
+        protector.prepare(batch)
+        with torch.no_grad():
+            delta_c, delta_t = protector.deltas(batch["image"], batch["label"])
+        assert (delta_t if zero == "t" else delta_c).abs().max() == 0
+    fixed = UMedProtector(fixed_bound=True, device="cpu")
+    _, interior, bound = fixed.regions(batch["image"], batch["label"])
+    assert torch.allclose(bound, EPS * interior)
+    with pytest.raises(MedueError):
+        UMedProtector(contour_only=True, texture_only=True)
+    with pytest.raises(MedueError):
+        UMedProtector(output="sigmoid")
+
+
+def test_alternation_phase() -> None:
+    protector = UMedProtector(device="cpu")
+    assert [protector.phase(i) for i in range(6)] == ["surrogate"] + ["generators"] * 4 + ["surrogate"]
+
+
+def test_save_load_roundtrip(fitted: UMedProtector, tmp_path) -> None:
+    path = tmp_path / "umed.pt"
+    fitted.save(path)
+    loaded = load_protector(path, device="cpu")
+    batch = _batch()
+    assert torch.allclose(
+        loaded.perturb(batch["image"], batch["label"]), fitted.perturb(batch["image"], batch["label"])
+    )
+    assert loaded.config() == fitted.config()
+
+
+def test_png_roundtrip_keeps_size_channels_budget(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    for shape in ((37, 53, 3), (41, 29)):
+        original = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        channels = 3 if len(shape) == 3 else 1
+        delta = torch.empty(channels, 16, 16).uniform_(-3 * EPS, 3 * EPS)
+        written = apply_delta_uint8(original, delta, EPS)
+        path = write_png(tmp_path / f"x{len(shape)}.png", written)
+        back = np.array(Image.open(path))
+        assert back.shape == original.shape and back.dtype == np.uint8
+        assert np.array_equal(back, written)
+        assert np.abs(back.astype(int) - original.astype(int)).max() <= int(np.floor(EPS * 255 + 1e-6))
+        assert np.abs(back.astype(int) - original.astype(int)).max() > 0
+
+
+def test_transforms_keep_meta(fitted: UMedProtector, tmp_path) -> None:
+    batch = _batch()
+    image = MetaTensor(batch["image"][0], meta={"filename_or_obj": "a.png", "original_size": [40, 50]})
+    label = MetaTensor(batch["label"][0])
+    out = UMedProtect(fitted)(image, label)
+    assert isinstance(out, MetaTensor) and out.meta["original_size"] == [40, 50] and out.shape == image.shape
+    assert out.meta["filename_or_obj"] == "a.png"
+    assert torch.allclose(out.as_tensor(), fitted.protect(batch["image"][:1], batch["label"][:1])[0])
+    path = tmp_path / "p.pt"
+    fitted.save(path)
+    item = UMedProtectd(keys="image", protector=str(path), device="cpu")(
+        {"image": image, "label": label, "id": "a"}
+    )
+    assert item["image"].meta["original_size"] == [40, 50] and item["id"] == "a"
+    assert UMedProtectD is UMedProtectd and UMedProtectDict is UMedProtectd
+    missing = UMedProtectd(keys=["image", "other"], protector=fitted, allow_missing_keys=True)(
+        {"image": image, "label": label}
+    )
+    assert "other" not in missing
+    with pytest.raises(MedueError):
+        UMedProtectd(keys="image", protector=None)
