@@ -137,7 +137,7 @@ class EMSegProtector(Protector):
         return {"norm": "linf", "budget": self.eps}
 
     def state_dict(self) -> dict[str, Any]:
-        """Surrogate weights and the learned deltas (stored as float16 to halve checkpoint size)."""
+        """Surrogate weights and the learned deltas (float16, the precision ``fit`` keeps them at)."""
         self._require_fitted()
         return {
             "surrogate": {k: v.detach().cpu() for k, v in self.surrogate.state_dict().items()},
@@ -251,6 +251,8 @@ class EMSegProtector(Protector):
             bar.set_postfix({k: round(v, 4) for k, v in record.items() if k != "round"})
             if self.stop_error is not None and record["perturbed_error"] < self.stop_error:
                 break
+        # kept at float16 precision, as saved, so a reloaded protector releases identical deltas
+        self.delta = self.delta.half().float()
         self._freeze()
         self.fitted = True
         return self

@@ -70,10 +70,12 @@ def build_segmenter(in_channels: int, height: int, width: int) -> torch.nn.Modul
     """The segmentation surrogate: MONAI 2D UNet (16-256 channels, strides 2x4, 2 res units, 2 outputs).
 
     Raises:
-        MedueError: when the image sides are not multiples of 16 (the four stride-2 levels).
+        MedueError: when the image sides are not multiples of 16 (the four stride-2 levels) or below 32.
     """
-    if height % 16 or width % 16:
-        raise MedueError(f"segmentation surrogates need image sides divisible by 16, got {height}x{width}")
+    if height % 16 or width % 16 or min(height, width) < 32:
+        raise MedueError(
+            f"segmentation surrogates need image sides >= 32 and divisible by 16, got {height}x{width}"
+        )
     return UNet(
         spatial_dims=2,
         in_channels=in_channels,
