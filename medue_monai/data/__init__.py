@@ -2,6 +2,7 @@
 
 from .classification import ClassificationDataset, ClassificationSource, load_classification_source
 from .medmnist import load_medmnist, resolve_medmnist_path
+from .segmentation import SegmentationDataset, SegmentationSource, load_segmentation_source, split_ids
 from .specs import is_classification_spec, load_classification_spec
 from .synthetic import make_synthetic_classification
 
@@ -14,4 +15,8 @@ __all__ = [
     "load_medmnist",
     "make_synthetic_classification",
     "resolve_medmnist_path",
+    "SegmentationDataset",
+    "SegmentationSource",
+    "load_segmentation_source",
+    "split_ids",
 ]
