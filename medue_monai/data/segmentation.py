@@ -30,6 +30,8 @@ __all__ = [
     "load_segmentation_source",
     "read_image_array",
     "read_mask_array",
+    "resize_image",
+    "resize_mask",
     "split_ids",
 ]
 

@@ -29,6 +29,8 @@ from ..data.segmentation import (
     load_segmentation_source,
     read_image_array,
     read_mask_array,
+    resize_image,
+    resize_mask,
     split_ids,
 )
 from ..evaluation.invisibility import budget_metrics, invisibility_metrics
@@ -46,29 +48,39 @@ PROTECTOR_FILE = "protector.pt"
 EXPLOITERS = ("unet", "attentionunet", "basicunetplusplus", "swinunetr")
 
 
-def _realized_budget(pairs: list[tuple[np.ndarray, np.ndarray]], ssim: bool) -> dict[str, float]:
-    """Budget and invisibility over images of varying sizes: PSNR from the pooled MSE, SSIM per-image mean."""
-    squared, count, changed, positions, linf = 0.0, 0, 0, 0, 0.0
-    ssims = []
-    for clean, written in pairs:
+class _BudgetAccumulator:
+    """Budget and invisibility over images of varying sizes, one pair at a time (nothing is kept).
+
+    PSNR comes from the pooled MSE over all pixels, SSIM is the per-image mean, ``l0_share`` the share
+    of pixel positions where any channel changed, ``linf_max`` the largest change in [0, 1] units.
+    """
+
+    def __init__(self, ssim: bool) -> None:
+        self.ssim = ssim
+        self.squared, self.count, self.changed, self.positions, self.linf = 0.0, 0, 0.0, 0, 0.0
+        self.ssims: list[float] = []
+
+    def add(self, clean: np.ndarray, written: np.ndarray) -> None:
         diff = written.astype(np.float64) - clean.astype(np.float64)
-        squared += float((diff**2).sum())
-        count += diff.size
+        self.squared += float((diff**2).sum())
+        self.count += diff.size
         metrics = budget_metrics(clean[None], written[None])
-        linf = max(linf, metrics["linf_max"])
-        positions += clean.shape[0] * clean.shape[1]
-        changed += metrics["l0_share"] * clean.shape[0] * clean.shape[1]
-        if ssim:
-            ssims.append(invisibility_metrics(clean[None], written[None], hashes=False)["ssim"])
-    mse = squared / max(count, 1)
-    result = {
-        "psnr": float(10.0 * np.log10(255.0**2 / mse)) if mse > 0 else float("inf"),
-        "linf_max": linf,
-        "l0_share": changed / max(positions, 1),
-    }
-    if ssim:
-        result["ssim"] = float(np.mean(ssims)) if ssims else 1.0
-    return result
+        self.linf = max(self.linf, metrics["linf_max"])
+        self.positions += clean.shape[0] * clean.shape[1]
+        self.changed += metrics["l0_share"] * clean.shape[0] * clean.shape[1]
+        if self.ssim:
+            self.ssims.append(invisibility_metrics(clean[None], written[None], hashes=False)["ssim"])
+
+    def result(self) -> dict[str, float]:
+        mse = self.squared / max(self.count, 1)
+        result = {
+            "psnr": float(10.0 * np.log10(255.0**2 / mse)) if mse > 0 else float("inf"),
+            "linf_max": self.linf,
+            "l0_share": self.changed / max(self.positions, 1),
+        }
+        if self.ssim:
+            result["ssim"] = float(np.mean(self.ssims)) if self.ssims else 1.0
+        return result
 
 
 def protect_segmentation(
@@ -142,20 +154,23 @@ def protect_segmentation(
     eps = budget["budget"] if budget["norm"] == "linf" else None
     empty = {"train": 0, "test": 0}
     resize: dict[str, dict[str, Any]] = {}
-    pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    budget_sum = _BudgetAccumulator(ssim=False)
     with atomic_output_dir(out_path, overwrite=overwrite) as folder:
         (folder / "images").mkdir()
         (folder / "masks").mkdir()
         started = time.perf_counter()
-        ordered = DataLoader(train, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-        for batch in tqdm(ordered, desc="write protected", disable=not progress, leave=False):
-            delta = protector.perturb(batch["image"].as_tensor(), batch["label"].as_tensor(), batch["index"])
-            for row, index in enumerate(batch["index"].tolist()):
-                record = train_records[index]
-                original = read_image_array(record.image)
+        chunks = [train_records[i : i + batch_size] for i in range(0, len(train_records), batch_size)]
+        for chunk in tqdm(chunks, desc="write protected", disable=not progress, leave=False):
+            originals = [read_image_array(record.image) for record in chunk]
+            images = torch.stack([resize_image(original, spatial_size, channels) for original in originals])
+            labels = torch.stack(
+                [resize_mask(read_mask_array(record.label), spatial_size) for record in chunk]
+            )
+            delta = protector.perturb(images, labels)
+            for row, (record, original) in enumerate(zip(chunk, originals, strict=True)):
                 written = apply_delta_uint8(original, delta[row], eps)
                 write_png(folder / "images" / f"{record.id}.png", written)
-                pairs.append((original, written))
+                budget_sum.add(original, written)
         apply_seconds = time.perf_counter() - started
         for split_name, records in (("train", train_records), ("test", test_records)):
             for record in records:
@@ -171,7 +186,7 @@ def protect_segmentation(
                     "image": f"images/{record.id}.png",
                     "mask": f"masks/{mask.name}",
                 }
-        realized = _realized_budget(pairs, ssim=False)
+        realized = budget_sum.result()
         protector.save(folder / PROTECTOR_FILE)
         jpeg = sorted(r.id for r in source.records if r.format.upper() in ("JPEG", "MPO"))
         manifest = build_manifest(
@@ -430,11 +445,10 @@ def evaluate_segmentation(
             progress=progress,
             description=f"{exploiter} on {name}",
         )
-    pairs = [
-        (read_image_array(c.image), read_image_array(p.image))
-        for c, p in zip(clean_train_records, protected_records, strict=True)
-    ]
-    realized = _realized_budget(pairs, ssim=True)
+    accumulator = _BudgetAccumulator(ssim=True)
+    for clean_record, protected_record in zip(clean_train_records, protected_records, strict=True):
+        accumulator.add(read_image_array(clean_record.image), read_image_array(protected_record.image))
+    realized = accumulator.result()
     results = {
         "task": "segmentation",
         "dataset": dataset_info["name"],
