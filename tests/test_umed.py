@@ -6,13 +6,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from ignite.engine import Events
 from monai.data import MetaTensor
 from PIL import Image
 
 from medue_monai.io.png import apply_delta_uint8, write_png
 from medue_monai.nets.cdc import CDConv2d, CDCUNet, texture_generator
 from medue_monai.protectors.base import load_protector
+from medue_monai.protectors.trainer import BilevelTrainer
 from medue_monai.protectors.umed import (
+    UMedPhaseHandler,
     UMedProtector,
     band_radius,
     contour_band,
@@ -176,3 +179,15 @@ def test_transforms_keep_meta(fitted: UMedProtector, tmp_path) -> None:
     assert "other" not in missing
     with pytest.raises(MedueError):
         UMedProtectd(keys="image", protector=None)
+
+
+def test_bilevel_trainer_drives_umed() -> None:
+    protector = UMedProtector(epochs=2, cycle=2, device="cpu", progress=False)
+    loader = [_batch(16, 1)]
+    phases = []
+    trainer = BilevelTrainer(protector, loader, 2, 1, max_epochs=2, handlers=[UMedPhaseHandler(protector)])
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda engine: phases.append(engine.state.output["phase_surrogate"])
+    )
+    trainer.run()
+    assert phases == [1.0, 0.0] and protector.fitted

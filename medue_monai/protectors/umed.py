@@ -33,7 +33,14 @@ from ..nets.cdc import CDCUNet, texture_generator
 from ..utils import MedueError
 from .base import Protector, register_protector
 
-__all__ = ["UMedProtector", "contour_band", "roi_interior", "band_radius", "texture_strength"]
+__all__ = [
+    "UMedProtector",
+    "UMedPhaseHandler",
+    "contour_band",
+    "roi_interior",
+    "band_radius",
+    "texture_strength",
+]
 
 
 def band_radius(spatial_size: int, radius_at_224: float = 3.0) -> int:
@@ -370,8 +377,8 @@ class UMedProtector(Protector):
             self.surrogate.requires_grad_(True)
         return {"loss": float(loss.detach()), "phase_surrogate": 0.0}
 
-    def finalize(self) -> None:
-        """Freeze all networks in eval mode and mark the protector fitted."""
+    def finalize(self, loader: Iterable[dict] | None = None) -> None:
+        """Freeze all networks in eval mode and mark the protector fitted (``loader`` is unused)."""
         for net in (self.contour_net, self.texture_net, self.surrogate):
             net.eval()
             net.requires_grad_(False)
@@ -427,3 +434,26 @@ class UMedProtector(Protector):
         delta_c, delta_t = self.deltas(x, y)
         delta = (x + delta_c + delta_t).clamp(0.0, 1.0) - x
         return delta.to(device=images_t.device, dtype=images_t.dtype)
+
+
+class UMedPhaseHandler:
+    """MONAI-style handler that tells a UMed protector the epoch, so the alternation follows the engine.
+
+    Use with :class:`~medue_monai.protectors.trainer.BilevelTrainer`: ``BilevelTrainer(protector, loader,
+    2, n, max_epochs=protector.epochs, handlers=[UMedPhaseHandler(protector)])``.
+
+    Args:
+        protector: the UMed protector driven by the engine.
+    """
+
+    def __init__(self, protector: UMedProtector) -> None:
+        self.protector = protector
+
+    def attach(self, engine: Any) -> None:
+        """Register the ``EPOCH_STARTED`` callback on an ignite/MONAI engine."""
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Any) -> None:
+        self.protector.set_epoch(engine.state.epoch - 1)
