@@ -13,6 +13,7 @@ from PIL import Image
 from medue_monai.data.segmentation import (
     SegmentationDataset,
     load_segmentation_source,
+    make_synthetic_segmentation,
     read_image_array,
     read_mask_array,
     split_ids,
@@ -155,3 +156,12 @@ def test_kvasir_subset(shared_data, tmp_path) -> None:
     written = Image.open(out / "images" / f"{item_id}.png")
     original = Image.open(root / "images" / f"{item_id}.jpg")
     assert written.format == "PNG" and written.size == original.size and written.mode == "RGB"
+
+
+def test_synthetic_segmentation_folder(tmp_path) -> None:
+    root = make_synthetic_segmentation(tmp_path / "syn", num_items=6, size=32, seed=1)
+    source = load_segmentation_source(root)
+    assert len(source.ids) == 6 and source.in_channels == 1
+    assert read_mask_array(source.records[0].label).max() == 1
+    with pytest.raises(MedueError, match="already exists"):
+        make_synthetic_segmentation(root)

@@ -28,6 +28,7 @@ __all__ = [
     "SegmentationSource",
     "SegmentationDataset",
     "load_segmentation_source",
+    "make_synthetic_segmentation",
     "read_image_array",
     "read_mask_array",
     "resize_image",
@@ -350,3 +351,50 @@ class SegmentationDataset(Dataset):
         if self.cache:
             self._cache[index] = item
         return item
+
+
+def make_synthetic_segmentation(
+    folder: str | Path, num_items: int = 40, size: int = 64, seed: int = 0, num_objects: int = 4
+) -> Path:
+    """Write a small synthetic segmentation folder (``images/`` + ``masks/`` PNGs) for demos and tests.
+
+    Images come from MONAI's :func:`monai.data.synthetic.create_test_image_2d` (bright discs on a noisy
+    background), masks are the discs' union (0 / 255).
+
+    Args:
+        folder: output folder (created; must not already hold ``images/``).
+        num_items: number of image/mask pairs.
+        size: side length in pixels.
+        seed: random seed.
+        num_objects: discs per image.
+
+    Returns:
+        The folder.
+
+    Raises:
+        MedueError: when ``folder/images`` already exists.
+    """
+    from monai.data.synthetic import create_test_image_2d
+
+    folder = Path(folder)
+    if (folder / "images").exists():
+        raise MedueError(f"{folder / 'images'}: already exists; choose an empty folder")
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    state = np.random.RandomState(seed)
+    for index in range(num_items):
+        image, mask = create_test_image_2d(
+            size,
+            size,
+            num_objs=num_objects,
+            rad_max=max(3, size // 6),
+            rad_min=max(2, size // 20),
+            noise_max=0.2,
+            num_seg_classes=1,
+            random_state=state,
+        )
+        Image.fromarray(np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)).save(
+            folder / "images" / f"syn{index:04d}.png"
+        )
+        Image.fromarray((mask > 0).astype(np.uint8) * 255).save(folder / "masks" / f"syn{index:04d}.png")
+    return folder
