@@ -52,7 +52,7 @@ class BilevelTrainer(Trainer):
         protector.prepare(next(iter(data_loader)), num_classes, num_samples)
         from ignite.engine import Events
 
-        self.add_event_handler(Events.COMPLETED, lambda engine: engine.protector.finalize())
+        self.add_event_handler(Events.COMPLETED, lambda engine: engine.protector.finalize(engine.data_loader))
 
     def _iteration(self, engine: BilevelTrainer, batchdata: dict[str, torch.Tensor]) -> dict[str, Any]:
         output = self.protector.train_iteration(batchdata)
