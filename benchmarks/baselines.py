@@ -301,19 +301,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data", default="medmnist:breastmnist", help="medmnist:<name>, an npz path or synthetic"
-    )
+    parser.add_argument("--data", default="medmnist:breastmnist", help="medmnist:<name>, an npz path or synthetic")
     parser.add_argument("--data-root", default=None, help="folder with MedMNIST npz files")
-    parser.add_argument(
-        "--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS)
-    )
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     parser.add_argument("--recipe", default="cls-quick", help="exploiter recipe (cls-quick, cls-paper)")
     parser.add_argument("--exploiter", default=None, help="exploiter network (default: the recipe's)")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
-    parser.add_argument(
-        "--option", action="append", metavar="METHOD.key=VALUE", help="a method option (repeatable)"
-    )
+    parser.add_argument("--option", action="append", metavar="METHOD.key=VALUE", help="a method option (repeatable)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--limit", type=int, default=None, help="protect only the first N training items")

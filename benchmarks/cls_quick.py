@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                     record["rows"].append(row)
                     print(
                         f"{dataset:15s} {entry['name']:18s} {exploiter:10s} clean {row['clean']['test_accuracy']:6.2f} "
-                        f"protected {row['protected']['test_accuracy']:6.2f} (best {row['protected']['best_test_accuracy']:6.2f}) "
+                        f"protected {row['protected']['test_accuracy']:6.2f} "
+                        f"(best {row['protected']['best_test_accuracy']:6.2f}) "
                         f"PSNR {row['invisibility']['psnr']:6.2f} L0 {100 * row['budget']['l0_share']:6.2f}% "
                         f"fit {row['fit_seconds']:7.1f}s",
                         flush=True,
@@ -149,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{record['command']}`  ",
         f"Date: {record['date']}; seed {args.seed}; device {args.device}; machine: {json.dumps(record['machine'])}",
         "",
-        "| dataset | protector | exploiter | clean acc % | protected acc % (final / best) | paper clean -> SALM | PSNR dB | SSIM | pixels touched % | max abs delta (x255) | fit s | img/s |",
+        "| dataset | protector | exploiter | clean acc % | protected acc % (final / best) | paper clean -> SALM "
+        "| PSNR dB | SSIM | pixels touched % | max abs delta (x255) | fit s | img/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in record["rows"]:

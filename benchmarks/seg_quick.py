@@ -54,23 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (default: auto)")
     parser.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    parser.add_argument(
-        "--dataset", default="kvasir-seg", help="folder under --data-root (default: kvasir-seg)"
-    )
+    parser.add_argument("--dataset", default="kvasir-seg", help="folder under --data-root (default: kvasir-seg)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N pairs (smoke tests)")
-    parser.add_argument(
-        "--epochs", type=int, default=None, help="exploiter epochs (default: the recipe's 40)"
-    )
+    parser.add_argument("--epochs", type=int, default=None, help="exploiter epochs (default: the recipe's 40)")
     parser.add_argument("--spatial-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument(
-        "--umed-option", action="append", default=[], help="UMed option key=value (repeatable)"
-    )
+    parser.add_argument("--umed-option", action="append", default=[], help="UMed option key=value (repeatable)")
     parser.add_argument("--exploiters", default=",".join(EXPLOITERS), help="comma-separated exploiter names")
-    parser.add_argument(
-        "--out", default=str(Path(__file__).resolve().parent / "results"), help="results folder"
-    )
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="results folder")
     parser.add_argument(
         "--work",
         default=None,

@@ -44,12 +44,18 @@ def _docstring_args(cls: type) -> dict[str, str]:
 def method_options(cls: type) -> dict[str, inspect.Parameter]:
     """Constructor options of a protector class, including those its parent takes via ``**kwargs``."""
     options: dict[str, inspect.Parameter] = {}
-    for klass in reversed(cls.__mro__):
-        if "__init__" not in vars(klass) or klass is object:
+    for klass in cls.__mro__:
+        if klass is object or "__init__" not in vars(klass):
             continue
-        for name, parameter in inspect.signature(klass.__init__).parameters.items():
-            if name not in _HIDDEN_OPTIONS and parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
-                options[name] = parameter
+        parameters = inspect.signature(klass.__init__).parameters
+        for name, parameter in parameters.items():
+            if name not in _HIDDEN_OPTIONS and parameter.kind not in (
+                parameter.VAR_KEYWORD,
+                parameter.VAR_POSITIONAL,
+            ):
+                options.setdefault(name, parameter)
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            break
     return options
 
 
@@ -254,12 +260,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     protect.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     protect.add_argument("--eps", default=None, help="L-inf budget in [0,1] units, e.g. 8/255 (default: the method's)")
-    protect.add_argument("--k", type=float, default=None, help="SALM/EM: percent of pixel positions allowed to change (default: the method's, SALM 10)")
-    protect.add_argument("--epochs", type=int, default=None, help="passes of the method's training loop (default: the method's)")
+    protect.add_argument(
+        "--k",
+        type=float,
+        default=None,
+        help="SALM/EM: percent of pixel positions allowed to change (default: the method's, SALM 10)",
+    )
+    protect.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="passes of the method's training loop (default: the method's)",
+    )
     protect.add_argument("--batch-size", type=int, default=None, help="batch size (default: the method's, else 64)")
-    protect.add_argument("--limit", type=int, default=None, help="protect only the first N training items (quick trials) (default: all)")
-    protect.add_argument("--spatial-size", type=int, default=224, help="segmentation: working size (128 for quick runs) (default: 224)")
-    protect.add_argument("--option", action="append", metavar="NAME=VALUE", help="any other method option (repeatable), see below")
+    protect.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="protect only the first N training items (quick trials) (default: all)",
+    )
+    protect.add_argument(
+        "--spatial-size",
+        type=int,
+        default=224,
+        help="segmentation: working size (128 for quick runs) (default: 224)",
+    )
+    protect.add_argument(
+        "--option",
+        action="append",
+        metavar="NAME=VALUE",
+        help="any other method option (repeatable), see below",
+    )
     protect.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     add_common(protect)
     for action in protect._actions:
@@ -272,17 +303,33 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=formatter,
     )
     evaluate.add_argument("--protected", required=True, help="folder written by `medue protect`")
-    evaluate.add_argument("--recipe", default=None, help="cls-quick, cls-paper, seg-quick or seg-paper (default: cls-quick / seg-quick by task)")
-    evaluate.add_argument("--exploiter", default=None, help="resnet18, resnet50, vgg11, densenet121 | unet, attentionunet, basicunetplusplus, swinunetr (default: the recipe's)")
+    evaluate.add_argument(
+        "--recipe",
+        default=None,
+        help="cls-quick, cls-paper, seg-quick or seg-paper (default: cls-quick / seg-quick by task)",
+    )
+    evaluate.add_argument(
+        "--exploiter",
+        default=None,
+        help="resnet18, resnet50, vgg11, densenet121 | unet, attentionunet, basicunetplusplus, swinunetr "
+        "(default: the recipe's)",
+    )
     evaluate.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     evaluate.add_argument("--output", default=None, help="results JSON path; a learning-curve PNG is written beside it")
     add_common(evaluate)
 
     demo = sub.add_parser(
-        "demo", help="protect and evaluate a built-in synthetic dataset end to end (no download)", formatter_class=formatter
+        "demo",
+        help="protect and evaluate a built-in synthetic dataset end to end (no download)",
+        formatter_class=formatter,
     )
     demo.add_argument("--out", default="medue-demo", help="folder for the demo's protected data and results")
-    demo.add_argument("--part", choices=["all", "classification", "segmentation"], default="all", help="which demo parts to run")
+    demo.add_argument(
+        "--part",
+        choices=["all", "classification", "segmentation"],
+        default="all",
+        help="which demo parts to run",
+    )
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")

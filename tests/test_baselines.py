@@ -355,25 +355,15 @@ def test_same_seed_same_output(factory, cls_data):
 
 def test_different_seed_differs(cls_data):
     _, images, labels = cls_data
-    a = (
-        LSPProtector(seed=1, device="cpu")
-        .fit(_batches(images, labels), 3, len(images))
-        .perturb(images, labels)
-    )
-    b = (
-        LSPProtector(seed=2, device="cpu")
-        .fit(_batches(images, labels), 3, len(images))
-        .perturb(images, labels)
-    )
+    a = LSPProtector(seed=1, device="cpu").fit(_batches(images, labels), 3, len(images)).perturb(images, labels)
+    b = LSPProtector(seed=2, device="cpu").fit(_batches(images, labels), 3, len(images)).perturb(images, labels)
     assert not torch.equal(a, b)
 
 
 def test_em_seg_same_seed_same_output(seg_data):
     _, images, masks = seg_data
     deltas = [
-        EMSegProtector(seed=3, **FAST_EM)
-        .fit(_batches(images, masks, 2), 2, 4)
-        .perturb(images, masks, torch.arange(4))
+        EMSegProtector(seed=3, **FAST_EM).fit(_batches(images, masks, 2), 2, 4).perturb(images, masks, torch.arange(4))
         for _ in range(2)
     ]
     assert torch.equal(deltas[0], deltas[1])
@@ -430,15 +420,11 @@ def test_real_surrogates_train_and_attack(monkeypatch):
     monkeypatch.setattr(surrogate_module, "get_classifier", REAL_GET_CLASSIFIER)
     monkeypatch.setattr(em_seg_module, "build_segmenter", REAL_BUILD_SEGMENTER)
     raw, images, labels = _classification(n=4, size=8)
-    tap = TAPProtector(steps=1, surrogate_epochs=1, progress=False, device="cpu").fit(
-        _batches(images, labels, 4), 3, 4
-    )
+    tap = TAPProtector(steps=1, surrogate_epochs=1, progress=False, device="cpu").fit(_batches(images, labels, 4), 3, 4)
     delta = tap.perturb(images, labels)
     assert delta.abs().max() <= tap.eps + 1e-7
     _, seg_images, masks = _segmentation(n=2)
-    em = EMSegROIProtector(
-        epochs=1, model_steps=1, noise_steps=1, apply_steps=1, progress=False, device="cpu"
-    )
+    em = EMSegROIProtector(epochs=1, model_steps=1, noise_steps=1, apply_steps=1, progress=False, device="cpu")
     em.fit(_batches(seg_images, masks, 2), 2, 2)
     assert (em.perturb(seg_images, masks) * (1 - masks)).abs().max() == 0
     with pytest.raises(MedueError):

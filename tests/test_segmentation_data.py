@@ -56,17 +56,13 @@ def test_split_is_seeded_and_disjoint() -> None:
     ids = [f"id{i:03d}" for i in range(50)]
     split = split_ids(list(reversed(ids)), seed=3)
     assert split == split_ids(ids, seed=3) and len(split["test"]) == 10
-    assert set(split["train"]).isdisjoint(split["test"]) and set(split["train"]) | set(split["test"]) == set(
-        ids
-    )
+    assert set(split["train"]).isdisjoint(split["test"]) and set(split["train"]) | set(split["test"]) == set(ids)
     assert split != split_ids(ids, seed=4)
 
 
 def test_datalist_source(tmp_path) -> None:
     root = _make_folder(tmp_path / "d", n=3)
-    datalist = {
-        "training": [{"image": f"images/case{i}.png", "label": f"masks/case{i}.png"} for i in range(3)]
-    }
+    datalist = {"training": [{"image": f"images/case{i}.png", "label": f"masks/case{i}.png"} for i in range(3)]}
     path = root / "list.json"
     path.write_text(json.dumps(datalist))
     source = load_segmentation_source(path)
@@ -121,15 +117,11 @@ def test_protect_writes_pngs_at_original_size(tmp_path) -> None:
         if item_id in manifest["split"]["test"] or read_mask_array(out / record["mask"]).max() == 0:
             assert diff.max() == 0
         assert record["original_size"] == list(original.shape[:2]) and record["channels"] == 3
-        assert (out / record["mask"]).read_bytes() == (
-            root / "masks" / Path(record["mask"]).name
-        ).read_bytes()
+        assert (out / record["mask"]).read_bytes() == (root / "masks" / Path(record["mask"]).name).read_bytes()
     with pytest.raises(MedueError, match="already exists"):
         protect_segmentation(str(root), str(out), "umed", TINY, spatial_size=16, device="cpu", progress=False)
     with pytest.raises(MedueError, match="overlaps"):
-        protect_segmentation(
-            str(root), str(root / "x"), "umed", TINY, spatial_size=16, device="cpu", progress=False
-        )
+        protect_segmentation(str(root), str(root / "x"), "umed", TINY, spatial_size=16, device="cpu", progress=False)
 
 
 def test_kvasir_subset(shared_data, tmp_path) -> None:

@@ -65,9 +65,7 @@ def test_cdc_definition_by_neighbourhoods() -> None:
     patches = F.unfold(x, 3, padding=1).view(1, 2, 9, 42)
     centre = x.view(1, 2, 1, 42)
     w_v, w_c = layer.weight_v.view(3, 2, 9), layer.weight_c.view(3, 2, 9)
-    expected = torch.einsum("oik,bikp->bop", w_v, patches) + torch.einsum(
-        "oik,bikp->bop", w_c, patches - centre
-    )
+    expected = torch.einsum("oik,bikp->bop", w_v, patches) + torch.einsum("oik,bikp->bop", w_c, patches - centre)
     assert torch.allclose(layer(x).view(1, 3, 42), expected, atol=1e-5)
 
 
@@ -168,9 +166,7 @@ def test_transforms_keep_meta(fitted: UMedProtector, tmp_path) -> None:
     assert torch.allclose(out.as_tensor(), fitted.protect(batch["image"][:1], batch["label"][:1])[0])
     path = tmp_path / "p.pt"
     fitted.save(path)
-    item = UMedProtectd(keys="image", protector=str(path), device="cpu")(
-        {"image": image, "label": label, "id": "a"}
-    )
+    item = UMedProtectd(keys="image", protector=str(path), device="cpu")({"image": image, "label": label, "id": "a"})
     assert item["image"].meta["original_size"] == [40, 50] and item["id"] == "a"
     assert UMedProtectD is UMedProtectd and UMedProtectDict is UMedProtectd
     missing = UMedProtectd(keys=["image", "other"], protector=fitted, allow_missing_keys=True)(

@@ -160,8 +160,7 @@ def _record(item_id: str, image: Path, label: Path) -> SegmentationRecord:
     mask_size, _, _ = _probe(label)
     if mask_size != size:
         raise MedueError(
-            f"{label}: mask size {mask_size[1]}x{mask_size[0]} differs from its image "
-            f"{image} ({size[1]}x{size[0]})"
+            f"{label}: mask size {mask_size[1]}x{mask_size[0]} differs from its image {image} ({size[1]}x{size[0]})"
         )
     return SegmentationRecord(item_id, image, label, size, _channels_of(mode), fmt)
 
@@ -191,9 +190,7 @@ def _load_datalist(path: Path, data_root: str | Path | None) -> SegmentationSour
         raise MedueError(f"{path}: cannot read datalist JSON ({err})") from err
     entries = content.get("training") if isinstance(content, dict) else None
     if not isinstance(entries, list) or not entries:
-        raise MedueError(
-            f"{path}: a datalist needs a non-empty 'training' list of {{'image', 'label'}} entries"
-        )
+        raise MedueError(f"{path}: a datalist needs a non-empty 'training' list of {{'image', 'label'}} entries")
     base = Path(data_root) if data_root else path.parent
     records, seen = [], set()
     for number, entry in enumerate(entries):
@@ -280,9 +277,7 @@ def resize_image(array: np.ndarray, spatial_size: int | tuple[int, int], channel
     if tensor.shape[0] != channels:
         tensor = tensor.expand(channels, -1, -1) if tensor.shape[0] == 1 else tensor.mean(0, keepdim=True)
     if tuple(tensor.shape[-2:]) != size:
-        tensor = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False, antialias=True)[
-            0
-        ]
+        tensor = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
     return tensor.clamp_(0.0, 1.0).contiguous()
 
 

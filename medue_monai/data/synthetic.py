@@ -36,7 +36,12 @@ def _draw_images(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.
 
 
 def make_synthetic_classification(
-    num_train: int = 400, num_val: int = 80, num_test: int = 200, size: int = 28, num_classes: int = 2, seed: int = 0
+    num_train: int = 400,
+    num_val: int = 80,
+    num_test: int = 200,
+    size: int = 28,
+    num_classes: int = 2,
+    seed: int = 0,
 ) -> ClassificationSource:
     """Make a MedMNIST-shaped synthetic classification set.
 

@@ -29,7 +29,10 @@ def make_optimizer(recipe: dict[str, Any], parameters) -> torch.optim.Optimizer:
         return torch.optim.Adam(parameters, lr=recipe["lr"], weight_decay=recipe.get("weight_decay", 0.0))
     if name == "sgd":
         return torch.optim.SGD(
-            parameters, lr=recipe["lr"], momentum=recipe.get("momentum", 0.9), weight_decay=recipe.get("weight_decay", 0.0)
+            parameters,
+            lr=recipe["lr"],
+            momentum=recipe.get("momentum", 0.9),
+            weight_decay=recipe.get("weight_decay", 0.0),
         )
     raise MedueError(f"recipe {recipe.get('name')}: unknown optimizer {name!r} (adam or sgd)")
 

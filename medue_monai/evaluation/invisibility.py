@@ -42,7 +42,7 @@ def hash_similarity(clean: np.ndarray, protected: np.ndarray) -> dict[str, float
 
     scores = {"ahash": [], "phash": [], "dhash": []}
     functions = {"ahash": imagehash.average_hash, "phash": imagehash.phash, "dhash": imagehash.dhash}
-    for a, b in zip(_as_nhwc(clean), _as_nhwc(protected)):
+    for a, b in zip(_as_nhwc(clean), _as_nhwc(protected), strict=True):
         image_a = Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a)
         image_b = Image.fromarray(b.squeeze(-1) if b.shape[-1] == 1 else b)
         for name, function in functions.items():
@@ -69,13 +69,19 @@ def invisibility_metrics(
         A dictionary with ``psnr``, ``ssim``, ``nmi`` and (optionally) ``ahash``, ``phash``, ``dhash``.
     """
     clean4, prot4 = _as_nhwc(clean), _as_nhwc(protected)
-    psnr = float(peak_signal_noise_ratio(clean4, prot4, data_range=max_value)) if not np.array_equal(clean4, prot4) else float("inf")
+    psnr = (
+        float(peak_signal_noise_ratio(clean4, prot4, data_range=max_value))
+        if not np.array_equal(clean4, prot4)
+        else float("inf")
+    )
     channel_axis = -1
     ssim_values, nmi_values = [], []
-    for a, b in zip(clean4, prot4):
+    for a, b in zip(clean4, prot4, strict=True):
         side = min(a.shape[0], a.shape[1])
         window = min(7, side if side % 2 == 1 else side - 1)
-        ssim_values.append(structural_similarity(a, b, data_range=max_value, channel_axis=channel_axis, win_size=window))
+        ssim_values.append(
+            structural_similarity(a, b, data_range=max_value, channel_axis=channel_axis, win_size=window)
+        )
         nmi_values.append(normalized_mutual_information(a, b, bins=64))
     result = {"psnr": psnr, "ssim": float(np.mean(ssim_values)), "nmi": float(np.mean(nmi_values))}
     if hashes:

@@ -33,7 +33,13 @@ def plot_learning_curves(runs: dict[str, dict[str, list[float]]], metric: str, p
         train_key = metric.replace("test_", "train_")
         if train_key != metric and train_key in curves:
             train = curves[train_key]
-            axis.plot(range(1, len(train) + 1), train, color=color, linestyle="--", label=f"{name}: {train_key.replace('_', ' ')}")
+            axis.plot(
+                range(1, len(train) + 1),
+                train,
+                color=color,
+                linestyle="--",
+                label=f"{name}: {train_key.replace('_', ' ')}",
+            )
     axis.set_xlabel("epoch")
     axis.set_ylabel("%")
     axis.set_title(title)

@@ -111,9 +111,7 @@ class CDCUNet(nn.Module):
         return self.head(x)
 
 
-def texture_generator(
-    in_channels: int, out_channels: int, channels: tuple[int, ...] = (16, 32, 64, 128)
-) -> UNet:
+def texture_generator(in_channels: int, out_channels: int, channels: tuple[int, ...] = (16, 32, 64, 128)) -> UNet:
     """UMed's texture perturbator F_t: a MONAI 2-D UNet (inputs must be divisible by ``2**(levels-1)``).
 
     Args:

@@ -27,7 +27,11 @@ class VGG11(nn.Module):
             if spec == "M":
                 layers.append(nn.MaxPool2d(2))
             else:
-                layers += [nn.Conv2d(channels, spec, 3, padding=1), nn.BatchNorm2d(spec), nn.ReLU(inplace=True)]
+                layers += [
+                    nn.Conv2d(channels, spec, 3, padding=1),
+                    nn.BatchNorm2d(spec),
+                    nn.ReLU(inplace=True),
+                ]
                 channels = spec
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)

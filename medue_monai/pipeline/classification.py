@@ -16,8 +16,21 @@ from monai.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..data import ClassificationSource, load_classification_spec
-from ..evaluation import budget_metrics, get_recipe, invisibility_metrics, plot_learning_curves, train_exploiter
-from ..io import atomic_output_dir, build_manifest, check_output_dir, quantize_protected, read_manifest, write_manifest
+from ..evaluation import (
+    budget_metrics,
+    get_recipe,
+    invisibility_metrics,
+    plot_learning_curves,
+    train_exploiter,
+)
+from ..io import (
+    atomic_output_dir,
+    build_manifest,
+    check_output_dir,
+    quantize_protected,
+    read_manifest,
+    write_manifest,
+)
 from ..io.npz import write_npz
 from ..protectors import get_protector_class
 from ..utils import MedueError, resolve_device, set_seed
@@ -178,7 +191,7 @@ def evaluate_classification(
     progress: bool = True,
     data_root: str | None = None,
 ) -> dict[str, Any]:
-    """Train the exploiter on the protected copy (read back from disk) and on the clean copy; test both on clean test data.
+    """Train the exploiter on the protected copy (read back from disk) and on the clean one; test both on clean data.
 
     Args:
         protected: folder written by :func:`protect_classification`.

@@ -139,18 +139,12 @@ def protect_segmentation(
     train_records, test_records = source.subset(split["train"]), source.subset(split["test"])
     channels = source.in_channels
     train = SegmentationDataset(train_records, spatial_size, channels)
-    loader = DataLoader(
-        train, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers
-    )
+    loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers)
     started = time.perf_counter()
     protector.fit(loader, 2, len(train))
     fit_seconds = time.perf_counter() - started
 
-    budget = (
-        protector.budget_info()
-        if hasattr(protector, "budget_info")
-        else {"norm": "linf", "budget": protector.eps}
-    )
+    budget = protector.budget_info() if hasattr(protector, "budget_info") else {"norm": "linf", "budget": protector.eps}
     eps = budget["budget"] if budget["norm"] == "linf" else None
     empty = {"train": 0, "test": 0}
     resize: dict[str, dict[str, Any]] = {}
@@ -163,9 +157,7 @@ def protect_segmentation(
         for chunk in tqdm(chunks, desc="write protected", disable=not progress, leave=False):
             originals = [read_image_array(record.image) for record in chunk]
             images = torch.stack([resize_image(original, spatial_size, channels) for original in originals])
-            labels = torch.stack(
-                [resize_mask(read_mask_array(record.label), spatial_size) for record in chunk]
-            )
+            labels = torch.stack([resize_mask(read_mask_array(record.label), spatial_size) for record in chunk])
             delta = protector.perturb(images, labels)
             for row, (record, original) in enumerate(zip(chunk, originals, strict=True)):
                 written = apply_delta_uint8(original, delta[row], eps)
@@ -329,9 +321,7 @@ def train_segmentation_exploiter(
     )
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
     batch_size = int(recipe["batch_size"])
-    train_loader = DataLoader(
-        train, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers
-    )
+    train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers)
     test_loader = DataLoader(test, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     curves: dict[str, list[float]] = {"train_loss": [], "test_dice": [], "test_jaccard": []}
     scores = {"dice": 0.0, "jaccard": 0.0}
@@ -421,9 +411,7 @@ def evaluate_segmentation(
     known = set(source.ids)
     missing = [i for i in manifest["split"]["train"] + manifest["split"]["test"] if i not in known]
     if missing:
-        raise MedueError(
-            f"{source_path}: clean source lacks {len(missing)} ids of the manifest (e.g. {missing[0]!r})"
-        )
+        raise MedueError(f"{source_path}: clean source lacks {len(missing)} ids of the manifest (e.g. {missing[0]!r})")
     size = int(recipe_config.get("spatial_size", dataset_info["spatial_size"]))
     channels = int(dataset_info["in_channels"])
     clean_train_records = source.subset(manifest["split"]["train"])

@@ -79,8 +79,7 @@ def ar_generate(seeds: torch.Tensor, filters: torch.Tensor, row_inverse: torch.T
     for i in range(_BORDER, height):
         above2, above1 = rows[i - 2], rows[i - 1]
         contribution = sum(
-            weights[:, :, 0, c] * above2[..., c : width - 2 + c]
-            + weights[:, :, 1, c] * above1[..., c : width - 2 + c]
+            weights[:, :, 0, c] * above2[..., c : width - 2 + c] + weights[:, :, 1, c] * above1[..., c : width - 2 + c]
             for c in range(3)
         )
         rhs = torch.cat([seeds[:, :, i, :_BORDER], contribution], dim=-1)
@@ -175,9 +174,7 @@ class ARProtector(Protector):
     def _stable(self, candidates: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Boolean ``(N,)``: which candidate filters give a finite, non-diverging, non-collapsed process."""
         height, width = self._canvas()
-        seeds = torch.randn(1, 1, height, width, generator=generator).expand(
-            len(candidates), 1, height, width
-        )
+        seeds = torch.randn(1, 1, height, width, generator=generator).expand(len(candidates), 1, height, width)
         filters = candidates.unsqueeze(1)
         with torch.no_grad():
             process = ar_generate(seeds, filters, ar_row_inverse(filters, width))[:, 0, _BORDER:, _BORDER:]
@@ -195,9 +192,7 @@ class ARProtector(Protector):
         drawn, self.rejected, chunk = 0, 0, 64
         while sum(len(a) for a in accepted) < count:
             if drawn >= self.max_tries * count:
-                raise MedueError(
-                    f"{self.name}: only {sum(len(a) for a in accepted)} of {count} AR filters were stable"
-                )
+                raise MedueError(f"{self.name}: only {sum(len(a) for a in accepted)} of {count} AR filters were stable")
             candidates = torch.randn(chunk, 3, 3, generator=generator)
             candidates[:, 2, 2] = 0.0
             candidates = candidates / candidates.sum(dim=(1, 2), keepdim=True)
@@ -216,9 +211,7 @@ class ARProtector(Protector):
         self.image_shape = tuple(int(s) for s in images.shape[1:])
         self.num_classes = int(num_classes)
         channels = self.image_shape[0]
-        self.filters = self.draw_filters(self.num_classes * channels).reshape(
-            self.num_classes, channels, 3, 3
-        )
+        self.filters = self.draw_filters(self.num_classes * channels).reshape(self.num_classes, channels, 3, 3)
         self._inverse = ar_row_inverse(self.filters, self.image_shape[2] + _BORDER)
         self.fitted = True
 
@@ -241,9 +234,7 @@ class ARProtector(Protector):
         self._require_fitted()
         images = (images.as_tensor() if hasattr(images, "as_tensor") else images).float()
         if tuple(images.shape[1:]) != self.image_shape:
-            raise MedueError(
-                f"{self.name}: images of shape {tuple(images.shape[1:])}, fitted on {self.image_shape}"
-            )
+            raise MedueError(f"{self.name}: images of shape {tuple(images.shape[1:])}, fitted on {self.image_shape}")
         return images
 
     def _seeds(self, images: torch.Tensor, indices: torch.Tensor | None) -> list[int]:
@@ -259,9 +250,7 @@ class ARProtector(Protector):
         process = ar_generate(noise, self.filters[classes], self._inverse[classes])
         return process[:, :, _BORDER:, _BORDER:]
 
-    def perturb(
-        self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def perturb(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
         """Return a fresh AR process of the image's class, scaled to the L2 budget, clipped, snapped to 1/255.
 
         Args:
@@ -317,9 +306,7 @@ class ARSegProtector(ARProtector):
         self._prepare(loader, 2)
         return self
 
-    def perturb(
-        self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def perturb(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
         """Return the mask-composited outside/inside AR processes, inside the L2 budget.
 
         Args:

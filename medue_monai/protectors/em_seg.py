@@ -160,9 +160,7 @@ class EMSegProtector(Protector):
         channels, height, width = self.image_shape
         torch.manual_seed(self.seed)
         self.surrogate = build_segmenter(channels, height, width).to(self.device)
-        self.optimizer = torch.optim.Adam(
-            self.surrogate.parameters(), lr=self.lr, weight_decay=self.weight_decay
-        )
+        self.optimizer = torch.optim.Adam(self.surrogate.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
     def _freeze(self) -> None:
         self.surrogate.eval()
@@ -175,9 +173,7 @@ class EMSegProtector(Protector):
             delta = delta * region_mask(masks, self.region, self.contour_radius)
         return delta
 
-    def _descend(
-        self, images: torch.Tensor, masks: torch.Tensor, delta: torch.Tensor, steps: int
-    ) -> torch.Tensor:
+    def _descend(self, images: torch.Tensor, masks: torch.Tensor, delta: torch.Tensor, steps: int) -> torch.Tensor:
         """``steps`` error-minimizing sign steps on ``delta`` against the surrogate (eval mode)."""
         self.surrogate.eval()
         for _ in range(steps):
@@ -203,9 +199,7 @@ class EMSegProtector(Protector):
         total, count = 0.0, 0
         for batch in loader:
             images, masks, indices = batch_tensors(batch, self.device, self.task)
-            value, n = task_score(
-                self.surrogate((images + self.delta[indices]).clamp(0.0, 1.0)), masks, self.task
-            )
+            value, n = task_score(self.surrogate((images + self.delta[indices]).clamp(0.0, 1.0)), masks, self.task)
             total, count = total + value, count + n
         return 1.0 - total / max(count, 1)
 
@@ -257,9 +251,7 @@ class EMSegProtector(Protector):
         self.fitted = True
         return self
 
-    def perturb(
-        self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def perturb(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
         """Return the learned delta of fitted items, or ``apply_steps`` of error-minimizing PGD for new ones.
 
         Args:
@@ -277,9 +269,7 @@ class EMSegProtector(Protector):
         batch = {"image": images, "label": labels, "index": torch.zeros(len(images), dtype=torch.long)}
         x, masks, _ = batch_tensors(batch, self.device, self.task)
         if tuple(x.shape[1:]) != self.image_shape:
-            raise MedueError(
-                f"{self.name}: images of shape {tuple(x.shape[1:])}, fitted on {self.image_shape}"
-            )
+            raise MedueError(f"{self.name}: images of shape {tuple(x.shape[1:])}, fitted on {self.image_shape}")
         if indices is not None:
             delta = self.delta[torch.as_tensor(indices).reshape(-1).long().to(self.device)]
         else:

@@ -134,20 +134,14 @@ class LSPProtector(Protector):
         dim = math.prod(self.code_shape())
         generator = torch.Generator().manual_seed(self.seed)
         if dim < 63 and num_classes > 2**dim:
-            raise MedueError(
-                f"{self.name}: {num_classes} classes need more than {dim} code values (lower patch_size)"
-            )
+            raise MedueError(f"{self.name}: {num_classes} classes need more than {dim} code values (lower patch_size)")
         for _ in range(1000):
             signs = torch.randint(0, 2, (num_classes, dim), generator=generator).float() * 2 - 1
             if len(torch.unique(signs, dim=0)) == num_classes:
                 return signs * self.class_sep
-        raise MedueError(
-            f"{self.name}: could not draw {num_classes} distinct class centres in {dim} dimensions"
-        )
+        raise MedueError(f"{self.name}: could not draw {num_classes} distinct class centres in {dim} dimensions")
 
-    def _codes_for(
-        self, labels: torch.Tensor, images: torch.Tensor, indices: torch.Tensor | None
-    ) -> torch.Tensor:
+    def _codes_for(self, labels: torch.Tensor, images: torch.Tensor, indices: torch.Tensor | None) -> torch.Tensor:
         """Codes ``(B, D)``: the stored draw of fitted items, else a content-seeded draw."""
         labels = labels.cpu()
         if indices is not None:
@@ -218,14 +212,10 @@ class LSPProtector(Protector):
         self._require_fitted()
         images = (images.as_tensor() if hasattr(images, "as_tensor") else images).float()
         if tuple(images.shape[1:]) != self.image_shape:
-            raise MedueError(
-                f"{self.name}: images of shape {tuple(images.shape[1:])}, fitted on {self.image_shape}"
-            )
+            raise MedueError(f"{self.name}: images of shape {tuple(images.shape[1:])}, fitted on {self.image_shape}")
         return images
 
-    def perturb(
-        self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def perturb(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
         """Return each image's class pattern, scaled to the L2 budget, clipped and snapped to 1/255.
 
         Args:
@@ -291,9 +281,7 @@ class LSPSegProtector(LSPProtector):
         self.fitted = True
         return self
 
-    def perturb(
-        self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def perturb(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
         """Return the mask-composited pattern of each image, inside the L2 budget.
 
         Args:
@@ -305,9 +293,7 @@ class LSPSegProtector(LSPProtector):
             ``delta`` with ``||delta_i||_2 <= sqrt(d) * l2_per_value`` and ``images + delta`` in [0, 1].
         """
         x = self._check(images)
-        _, masks, _ = batch_tensors(
-            {"image": x, "label": labels, "index": torch.zeros(len(x))}, x.device, self.task
-        )
+        _, masks, _ = batch_tensors({"image": x, "label": labels, "index": torch.zeros(len(x))}, x.device, self.task)
         if indices is not None:
             indices = torch.as_tensor(indices).reshape(-1).long().cpu()
             codes = self.codes[indices]

@@ -118,7 +118,11 @@ class SALMProtector(Protector):
             raise MedueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         if l0_projection not in L0_MODES:
             raise MedueError(f"l0_projection must be one of {L0_MODES}, got {l0_projection!r}")
-        for option, value in (("epochs", epochs), ("batch_size", batch_size), ("num_transforms", num_transforms)):
+        for option, value in (
+            ("epochs", epochs),
+            ("batch_size", batch_size),
+            ("num_transforms", num_transforms),
+        ):
             if int(value) < 1:
                 raise MedueError(f"{option} must be >= 1, got {value}")
         if stop_error is not None and not 0.0 <= stop_error < 1.0:

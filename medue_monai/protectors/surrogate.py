@@ -38,9 +38,7 @@ __all__ = [
 CHECKPOINT_POLICIES = ("final", "improved")
 
 
-def batch_tensors(
-    batch: dict, device: torch.device, task: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def batch_tensors(batch: dict, device: torch.device, task: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Images, labels and indices of a collated batch, on ``device``.
 
     Args:
@@ -73,9 +71,7 @@ def build_segmenter(in_channels: int, height: int, width: int) -> torch.nn.Modul
         MedueError: when the image sides are not multiples of 16 (the four stride-2 levels) or below 32.
     """
     if height % 16 or width % 16 or min(height, width) < 32:
-        raise MedueError(
-            f"segmentation surrogates need image sides >= 32 and divisible by 16, got {height}x{width}"
-        )
+        raise MedueError(f"segmentation surrogates need image sides >= 32 and divisible by 16, got {height}x{width}")
     return UNet(
         spatial_dims=2,
         in_channels=in_channels,
@@ -325,19 +321,13 @@ class SurrogatePGDProtector(Protector):
         """
         torch.manual_seed(self.seed)
         model = self._build_model()
-        optimizer = torch.optim.Adam(
-            model.parameters(), lr=self.surrogate_lr, weight_decay=self.surrogate_weight_decay
-        )
+        optimizer = torch.optim.Adam(model.parameters(), lr=self.surrogate_lr, weight_decay=self.surrogate_weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.surrogate_epochs)
         held_out = torch.zeros(num_samples, dtype=torch.bool, device=self.device)
         if val_loader is None and self.holdout_fraction > 0:
             order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(self.seed))
-            held_out[
-                order[: max(1, int(math.floor(self.holdout_fraction * num_samples)))].to(self.device)
-            ] = True
-        score_source = (
-            "val_loader" if val_loader is not None else ("holdout" if bool(held_out.any()) else "train")
-        )
+            held_out[order[: max(1, int(math.floor(self.holdout_fraction * num_samples)))].to(self.device)] = True
+        score_source = "val_loader" if val_loader is not None else ("holdout" if bool(held_out.any()) else "train")
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True) if self.task == "segmentation" else None
         kept: list[dict[str, torch.Tensor]] = []
         best = -math.inf
@@ -421,9 +411,7 @@ class SurrogatePGDProtector(Protector):
             total = total + per_sample_loss(model(inputs), targets, self.task)
         return total / len(self.models)
 
-    def perturb(
-        self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def perturb(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
         """Targeted PGD towards the wrong target against the (ensemble of) frozen surrogate(s).
 
         Args:
@@ -443,9 +431,7 @@ class SurrogatePGDProtector(Protector):
         batch = {"image": images, "label": labels, "index": torch.zeros(len(images), dtype=torch.long)}
         x, y, _ = batch_tensors(batch, self.device, self.task)
         if tuple(x.shape[1:]) != self.image_shape:
-            raise MedueError(
-                f"{self.name}: images of shape {tuple(x.shape[1:])}, fitted on {self.image_shape}"
-            )
+            raise MedueError(f"{self.name}: images of shape {tuple(x.shape[1:])}, fitted on {self.image_shape}")
         targets = self._targets(y)
         region = self._region(y)
         generator = torch.Generator().manual_seed(self.seed)

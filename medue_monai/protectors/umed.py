@@ -294,9 +294,7 @@ class UMedProtector(Protector):
         padded, (height, width) = self._pad16(images, minimum=32)
         return self.surrogate(padded)[..., :height, :width]
 
-    def regions(
-        self, images: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def regions(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(y_c, y_t, bound_t)``: contour band, ROI interior and the per-pixel texture bound.
 
         Args:
@@ -415,9 +413,7 @@ class UMedProtector(Protector):
 
     # ------------------------------------------------------------------ apply
     @torch.no_grad()
-    def perturb(
-        self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def perturb(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
         """One forward pass of both generators: ``clip(x + delta_c + delta_t, 0, 1) - x``.
 
         Args:
@@ -435,9 +431,7 @@ class UMedProtector(Protector):
         if y.ndim == 3:
             y = y[:, None]
         if x.shape[1] != self.in_channels:
-            raise MedueError(
-                f"umed was fitted on {self.in_channels}-channel images, got {x.shape[1]} channels"
-            )
+            raise MedueError(f"umed was fitted on {self.in_channels}-channel images, got {x.shape[1]} channels")
         delta_c, delta_t = self.deltas(x, y)
         delta = (x + delta_c + delta_t).clamp(0.0, 1.0) - x
         return delta.to(device=images_t.device, dtype=images_t.dtype)

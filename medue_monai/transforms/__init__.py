@@ -2,14 +2,15 @@
 
 from .protect import (
     Protect,
-    Protectd,
     ProtectD,
+    Protectd,
     ProtectDict,
     SALMProtect,
-    SALMProtectd,
     SALMProtectD,
+    SALMProtectd,
     SALMProtectDict,
 )
+from .umed import UMedProtect, UMedProtectD, UMedProtectd, UMedProtectDict
 
 __all__ = [
     "Protect",
@@ -20,4 +21,8 @@ __all__ = [
     "SALMProtectD",
     "SALMProtectDict",
     "SALMProtectd",
+    "UMedProtect",
+    "UMedProtectD",
+    "UMedProtectDict",
+    "UMedProtectd",
 ]

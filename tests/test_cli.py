@@ -1,0 +1,151 @@
+"""The `medue` CLI: help text, bad input handled with one-line errors and no partial output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from medue_monai.cli import main
+from medue_monai.protectors import PROTECTORS
+from medue_monai.utils import MedueError, parse_fraction
+
+
+def _npz(path, **overrides):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 12), ("val", 4), ("test", 4)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 16, 16), dtype=np.uint8)
+        arrays[f"{split}_labels"] = rng.integers(0, 2, (n, 1))
+    arrays.update(overrides)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
+def test_parse_fraction():
+    assert parse_fraction("8/255") == pytest.approx(8 / 255)
+    assert parse_fraction("0.5") == 0.5
+    with pytest.raises(MedueError):
+        parse_fraction("eight")
+
+
+def test_protect_help_lists_every_method_with_defaults(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["protect", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for name in PROTECTORS:
+        assert f"  {name} [" in text
+    assert "k (default 10)" in text and "eps (default 8/255)" in text
+    assert "--eps" in text and "--overwrite" in text
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda d: ["--method", "salm", "--data", str(d / "missing.npz")], "no such file"),
+        (
+            lambda d: ["--method", "salm", "--data", str(_npz(d / "nokeys.npz", val_images=None))],
+            "missing keys",
+        ),
+        (
+            lambda d: ["--method", "salm", "--data", str(_npz(d / "x.npz")), "--eps", "0"],
+            "--eps must be in (0, 1]",
+        ),
+        (
+            lambda d: ["--method", "salm", "--data", str(_npz(d / "x.npz")), "--eps", "2"],
+            "--eps must be in (0, 1]",
+        ),
+        (lambda d: ["--method", "salm", "--data", str(_npz(d / "x.npz")), "--k", "0"], "--k must be"),
+        (lambda d: ["--method", "salm", "--data", str(_npz(d / "x.npz")), "--k", "150"], "--k must be"),
+        (lambda d: ["--method", "nope", "--data", str(_npz(d / "x.npz"))], "unknown method"),
+        (
+            lambda d: [
+                "--method",
+                "salm",
+                "--data",
+                str(_npz(d / "nan.npz", train_images=np.full((12, 16, 16), np.nan))),
+            ],
+            "NaN",
+        ),
+        (
+            lambda d: [
+                "--method",
+                "salm",
+                "--data",
+                str(_npz(d / "multi.npz", train_labels=np.zeros((12, 14)))),
+            ],
+            "multi-label",
+        ),
+        (lambda d: ["--method", "salm", "--data", "medmnist:chestmnist"], "multi-label"),
+        (
+            lambda d: ["--method", "lsp", "--data", str(_npz(d / "x.npz")), "--eps", "8/255"],
+            "has no option 'eps'",
+        ),
+        (
+            lambda d: ["--method", "salm", "--data", str(_npz(d / "x.npz")), "--option", "bogus=1"],
+            "no option 'bogus'",
+        ),
+    ],
+)
+def test_protect_bad_input_is_one_line_error_without_output(tmp_path, capsys, make_args, message):
+    out = tmp_path / "out"
+    code = main(["protect", *make_args(tmp_path), "--out", str(out), "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+    assert not list(tmp_path.glob(".out.partial-*"))
+
+
+def test_protect_refuses_existing_output_without_overwrite(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code = main(["protect", "--method", "lsp", "--data", str(_npz(tmp_path / "x.npz")), "--out", str(out)])
+    assert code == 2 and "--overwrite" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_protect_never_writes_into_the_input(tmp_path, capsys):
+    data = _npz(tmp_path / "x.npz")
+    code = main(["protect", "--method", "lsp", "--data", str(data), "--out", str(tmp_path), "--overwrite"])
+    assert code == 2 and "overlaps the input" in capsys.readouterr().err
+
+
+def test_evaluate_bad_input(tmp_path, capsys):
+    assert main(["evaluate", "--protected", str(tmp_path)]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_protect_and_evaluate_unknown_exploiter(tmp_path, capsys):
+    data = _npz(tmp_path / "x.npz")
+    out = tmp_path / "out"
+    assert main(["protect", "--method", "lsp", "--data", str(data), "--out", str(out), "--no-progress"]) == 0
+    assert "protected 12 training items with lsp" in capsys.readouterr().out
+    code = main(["evaluate", "--protected", str(out), "--exploiter", "alexnet", "--epochs", "1", "--device", "cpu"])
+    assert code == 2 and "unknown exploiter" in capsys.readouterr().err
+
+
+def test_console_script_runs_without_traceback(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medue_monai.cli",
+            "protect",
+            "--method",
+            "salm",
+            "--data",
+            str(tmp_path / "no.npz"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("medue protect: error:") and "Traceback" not in result.stderr

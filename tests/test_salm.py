@@ -1,0 +1,169 @@
+"""SALM / EM: budgets, sparsity, frozen surrogate, determinism, save/load, MONAI trainer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import DataLoader
+
+from medue_monai.data import load_classification_spec
+from medue_monai.pipeline.classification import protect_classification
+from medue_monai.protectors import (
+    BilevelTrainer,
+    EMProtector,
+    SALMProtector,
+    load_protector,
+    positions_to_keep,
+    project_l0,
+    topk_position_mask,
+)
+from medue_monai.utils import MedueError
+
+SPEC = "synthetic:num_train=24,num_val=4,num_test=8,size=16,seed=3"
+EPS = 8 / 255
+
+
+def _loader(source, batch_size=8, shuffle=False):
+    return DataLoader(source.dataset("train"), batch_size=batch_size, shuffle=shuffle)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    source = load_classification_spec(SPEC)
+    protector = SALMProtector(eps=EPS, k=10, epochs=2, device="cpu", progress=False, seed=0)
+    protector.fit(_loader(source), source.num_classes, 24)
+    return source, protector
+
+
+def test_topk_mask_counts_positions_by_index_even_with_ties():
+    score = torch.ones(3, 2, 10, 10)  # every position tied
+    mask = topk_position_mask(score, 10.0)
+    assert mask.shape == (3, 1, 10, 10)
+    assert torch.equal(mask.sum(dim=(1, 2, 3)), torch.full((3,), 10.0))
+
+
+def test_project_l0_keeps_at_most_k_percent_when_values_tie_at_eps():
+    delta = torch.full((4, 3, 28, 28), EPS) * torch.sign(torch.randn(4, 3, 28, 28))
+    sparse = project_l0(delta, 10.0)
+    touched = (sparse.abs().sum(dim=1) > 0).flatten(1).sum(dim=1)
+    assert int(touched.max()) == positions_to_keep(28 * 28, 10.0) == 78
+
+
+def test_fitted_deltas_respect_linf_and_l0(fitted):
+    source, protector = fitted
+    delta = protector.delta
+    assert float(delta.abs().max()) <= EPS + 1e-7
+    touched = (delta.abs().sum(dim=1) > 0).flatten(1).sum(dim=1)
+    assert int(touched.max()) <= positions_to_keep(16 * 16, 10.0)
+    assert int(touched.min()) > 0, "every training image should be perturbed"
+    batch = next(iter(_loader(source)))
+    images = batch["image"].as_tensor()
+    protected = protector.protect(images, batch["label"], batch["index"])
+    assert float(protected.min()) >= 0.0 and float(protected.max()) <= 1.0
+
+
+def test_surrogate_stays_frozen_while_applying(fitted):
+    source, protector = fitted
+    before = {k: v.clone() for k, v in protector.surrogate.state_dict().items()}
+    batch = next(iter(DataLoader(source.dataset("test"), batch_size=8)))
+    delta = protector.perturb(batch["image"].as_tensor(), batch["label"])  # new images: PGD
+    after = protector.surrogate.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not protector.surrogate.training
+    assert all(not p.requires_grad for p in protector.surrogate.parameters())
+    assert float(delta.abs().max()) <= EPS + 1e-7
+    touched = (delta.abs().sum(dim=1) > 0).flatten(1).sum(dim=1)
+    assert int(touched.max()) <= positions_to_keep(16 * 16, 10.0)
+    assert float(delta.abs().sum()) > 0
+
+
+def test_save_load_round_trip_uses_weights_only(fitted, tmp_path):
+    _, protector = fitted
+    path = tmp_path / "salm.pt"
+    protector.save(path)
+    payload = torch.load(path, weights_only=True)  # plain tensors and types only
+    assert payload["method"] == "salm"
+    loaded = load_protector(path, device="cpu")
+    assert loaded.config() == protector.config()
+    assert torch.equal(loaded.delta, protector.delta)
+    images = torch.rand(2, 1, 16, 16)
+    labels = torch.tensor([0, 1])
+    assert torch.equal(loaded.perturb(images, labels), protector.perturb(images, labels))
+
+
+def test_load_rejects_non_checkpoints(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(MedueError, match="cannot load"):
+        load_protector(bad)
+    with pytest.raises(MedueError, match="no such"):
+        load_protector(tmp_path / "missing.pt")
+
+
+def test_classwise_em_gives_one_pattern_per_class():
+    source = load_classification_spec(SPEC)
+    protector = EMProtector(epochs=1, classwise=True, em_noise_steps=2, device="cpu", progress=False)
+    protector.fit(_loader(source), source.num_classes, 24)
+    assert protector.delta.shape[0] == source.num_classes
+    batch = next(iter(_loader(source)))
+    delta = protector.perturb(torch.full_like(batch["image"].as_tensor(), 0.5), batch["label"])
+    for label in batch["label"].unique():
+        rows = delta[batch["label"] == label]
+        assert torch.equal(rows, rows[:1].expand_as(rows))
+    assert float(protector.delta.abs().max()) <= EPS + 1e-7
+
+
+def test_same_seed_gives_identical_written_files(tmp_path):
+    outputs = []
+    for name in ("a", "b"):
+        protect_classification(SPEC, tmp_path / name, "salm", {"epochs": 1}, seed=7, device="cpu", progress=False)
+        with np.load(tmp_path / name / "synthetic.npz") as npz:
+            outputs.append(npz["train_images"].copy())
+    assert np.array_equal(outputs[0], outputs[1])
+
+
+def test_written_file_holds_budget_and_sparsity(tmp_path):
+    manifest = protect_classification(
+        SPEC, tmp_path / "out", "salm", {"epochs": 1, "eps": 4 / 255, "k": 5}, device="cpu", progress=False
+    )
+    source = load_classification_spec(SPEC)
+    with np.load(tmp_path / "out" / "synthetic.npz") as npz:
+        written = npz["train_images"]
+        assert written.dtype == np.uint8
+        for split in ("val", "test"):
+            assert np.array_equal(npz[f"{split}_images"], source.images(split))
+            assert np.array_equal(npz[f"{split}_labels"], source.labels(split))
+    delta = written.astype(int) - source.images("train").astype(int)
+    assert np.abs(delta).max() <= 4
+    touched = (delta != 0).reshape(len(delta), -1).sum(axis=1)
+    assert touched.max() <= positions_to_keep(16 * 16, 5)
+    assert manifest["budget"]["realized"]["linf_max"] <= 4 / 255 + 1e-9
+    assert manifest["options"]["k"] == 5
+    assert manifest["input"]["sha256"] is None and manifest["output"]["synthetic.npz"]["sha256"]
+
+
+def test_bilevel_trainer_runs_as_monai_trainer():
+    source = load_classification_spec(SPEC)
+    protector = SALMProtector(epochs=1, device="cpu", progress=False)
+    trainer = BilevelTrainer(protector, _loader(source, shuffle=True), source.num_classes, 24, max_epochs=1)
+    trainer.run()
+    assert protector.fitted
+    assert trainer.state.iteration == 3
+    touched = (protector.delta.abs().sum(dim=1) > 0).flatten(1).sum(dim=1)
+    assert int(touched.max()) <= positions_to_keep(16 * 16, 10.0)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"k": 0}, "k must"),
+        ({"k": 101}, "k must"),
+        ({"eps": 0}, "eps must"),
+        ({"eps": 1.5}, "eps must"),
+        ({"schedule": "nope"}, "schedule"),
+    ],
+)
+def test_bad_options_raise(options, message):
+    with pytest.raises(MedueError, match=message):
+        SALMProtector(device="cpu", **options)
