@@ -12,7 +12,7 @@ __all__ = ["make_synthetic_classification"]
 def _draw_images(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """Draw grey ``(N, size, size)`` uint8 images whose shape depends on the label.
 
-    Class 0: a disk; class 1: a square; class 2: a ring; further classes repeat with thinner
+    Class 0: a disk; class 1: a ring; class 2: a square; further classes repeat with thinner
     outlines. Positions, radii, brightness and background noise vary per image, so a
     classifier must learn the shape rather than a fixed pixel.
     """
@@ -28,10 +28,11 @@ def _draw_images(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.
     disk = dist <= radius
     square = cheb <= radius * 0.85
     ring = np.abs(dist - radius) <= 1.5 / thin[:, None, None]
-    mask = np.where(shape[:, None, None] == 0, disk, np.where(shape[:, None, None] == 1, square, ring))
-    background = rng.uniform(30, 90, n)[:, None, None]
-    foreground = rng.uniform(150, 230, n)[:, None, None]
-    images = np.where(mask, foreground, background) + rng.normal(0, 12, (n, size, size))
+    mask = np.where(shape[:, None, None] == 0, disk, np.where(shape[:, None, None] == 1, ring, square))
+    # low contrast under strong noise, like many medical images: the shape is learnable but not instantly
+    background = rng.uniform(60, 120, n)[:, None, None]
+    foreground = background + rng.uniform(25, 45, n)[:, None, None]
+    images = np.where(mask, foreground, background) + rng.normal(0, 20, (n, size, size))
     return np.clip(images, 0, 255).astype(np.uint8)
 
 
@@ -50,7 +51,7 @@ def make_synthetic_classification(
         num_val: validation images.
         num_test: test images.
         size: image side in pixels.
-        num_classes: number of classes (shapes cycle disk/square/ring).
+        num_classes: number of classes (shapes cycle disk/ring/square).
         seed: random seed; the same seed gives the same arrays.
 
     Returns:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import DenseNet121, ResNet
+from monai.networks.nets import Classifier, DenseNet121, ResNet
 from torch import nn
 
 from ..utils import MedueError
@@ -12,7 +12,7 @@ from .vgg import VGG11
 
 __all__ = ["CLASSIFIER_NAMES", "PadTo", "get_classifier"]
 
-CLASSIFIER_NAMES = ("resnet18", "resnet50", "vgg11", "densenet121")
+CLASSIFIER_NAMES = ("resnet18", "resnet50", "vgg11", "densenet121", "smallcnn")
 
 
 class PadTo(nn.Module):
@@ -58,7 +58,9 @@ def get_classifier(name: str, in_channels: int, num_classes: int, spatial_size: 
     """Build a classifier by name.
 
     Args:
-        name: one of ``resnet18``, ``resnet50``, ``vgg11``, ``densenet121``.
+        name: one of ``resnet18``, ``resnet50``, ``vgg11``, ``densenet121``, or ``smallcnn`` (MONAI's
+            ``Classifier`` with channels 32/64/128 and stride-2 residual units: a fast CPU network for the
+            demo and quick trials, not one of the papers' exploiters).
         in_channels: image channels (1 grey, 3 RGB).
         num_classes: number of classes.
         spatial_size: input side; <= 64 selects the small-image stem for ResNets.
@@ -79,4 +81,12 @@ def get_classifier(name: str, in_channels: int, num_classes: int, spatial_size: 
         return PadTo(VGG11(in_channels, num_classes), 32)
     if key == "densenet121":
         return PadTo(DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=num_classes), 32)
+    if key == "smallcnn":
+        return Classifier(
+            in_shape=(in_channels, spatial_size, spatial_size),
+            classes=num_classes,
+            channels=(32, 64, 128),
+            strides=(2, 2, 2),
+            num_res_units=1,
+        )
     raise MedueError(f"unknown exploiter/network {name!r}; choose from {', '.join(CLASSIFIER_NAMES)}")

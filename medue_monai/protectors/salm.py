@@ -267,6 +267,10 @@ class SALMProtector(Protector):
             inputs = sample_transform(inputs, self.generator)
         logits = self.surrogate(inputs)
         loss = F.cross_entropy(logits, labels)
+        if not torch.isfinite(loss):
+            raise MedueError(
+                f"{self.name}: the surrogate diverged (loss {float(loss)}); lower its learning rate, e.g. --option lr=0.01"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
