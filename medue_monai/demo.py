@@ -119,7 +119,8 @@ def run_demo(
         results["classification"] = r
         lines.append(
             f"classification (SALM, {r['exploiter']} exploiter): clean-test accuracy "
-            f"clean-trained {r['clean']['test_accuracy']:.1f}% vs protected-trained {r['protected']['test_accuracy']:.1f}%"
+            f"clean-trained {r['clean']['test_accuracy']:.1f}% vs "
+            f"protected-trained {r['protected']['test_accuracy']:.1f}%"
             f" | PSNR {r['invisibility']['psnr']:.1f} dB, pixels touched {100 * r['budget']['l0_share']:.1f}%"
             f" | {time.perf_counter() - started:.0f} s"
         )

@@ -269,7 +269,8 @@ class SALMProtector(Protector):
         loss = F.cross_entropy(logits, labels)
         if not torch.isfinite(loss):
             raise MedueError(
-                f"{self.name}: the surrogate diverged (loss {float(loss)}); lower its learning rate, e.g. --option lr=0.01"
+                f"{self.name}: the surrogate diverged (loss {float(loss)}); "
+                "lower its learning rate, e.g. --option lr=0.01"
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

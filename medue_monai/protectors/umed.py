@@ -121,11 +121,11 @@ class UMedProtector(Protector):
     Defaults chosen by us (the paper is silent, or its schedule is a GPU one): ``epochs=30`` in total
     (the paper runs 100 surrogate epochs = 500 in total at 224x224 on a GPU: pass ``epochs=500`` to
     reproduce it), ``lr_generator=lr_surrogate=1e-3`` (the paper's 1e-4 suits its 500 epochs; with 30
-    the surrogate stays far from fitted), generator outputs squashed as ``eps * tanh(raw)``
-    (``output="tanh"``: smooth inside the budget, so the gradient does not die at the clip as it does
-    with the paper's plain clip, ``output="linear"``), LBP with 8 points at radius 1, generator widths
-    (8, 16, 32, 64) for the CDC network and (16, 32, 64, 128) for the texture UNet, surrogate MONAI UNet
-    widths (16, 32, 64, 128, 256) with 2 residual units (the seg-quick exploiter's).
+    the surrogate stays far from fitted), generator outputs squashed into their bounds as
+    ``bound * tanh(raw)`` (``output="tanh"``: smooth inside the budget, so the gradient does not die at
+    the clip as it does with the paper's plain clip, ``output="linear"``), LBP with 8 points at radius 1,
+    generator widths (8, 16, 32, 64) for the CDC network and (16, 32, 64, 128) for the texture UNet, surrogate MONAI
+    UNet widths (16, 32, 64, 128, 256) with 2 residual units (the seg-quick exploiter's).
     A small CPU check (150 Kvasir-SEG pairs, UMed fitted at 64x64 for 20 epochs, seg-quick UNet at
     128x128 for 30 epochs) gave only partial protection (Dice 34.9% protected vs 48.7% clean), so these
     defaults are not yet calibrated against the issue's target; see ``benchmarks/seg_quick.py``.
@@ -140,7 +140,8 @@ class UMedProtector(Protector):
         contour_radius: contour band radius in pixels at 224x224 (scaled linearly with the side).
         lbp_points: LBP sampling points.
         lbp_radius: LBP radius in pixels.
-        output: ``"tanh"`` (``eps * tanh(F(x))``) or ``"linear"`` (raw output, then clipped as in the paper).
+        output: ``"tanh"`` (``bound * tanh(F(x))`` per perturbation) or ``"linear"`` (raw output, clipped as
+            in the paper).
         contour_only: ablation: no texture perturbation.
         texture_only: ablation: no contour perturbation.
         cdc: central-difference convolutions in the contour encoder (``False``: vanilla ablation).
@@ -286,8 +287,7 @@ class UMedProtector(Protector):
 
     def _raw(self, net: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
         padded, (height, width) = self._pad16(images)
-        raw = net(padded)[..., :height, :width]
-        return self.eps * torch.tanh(raw) if self.output == "tanh" else raw
+        return net(padded)[..., :height, :width]
 
     def surrogate_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Surrogate U-Net logits (inputs replicate-padded to a multiple of 16, at least 32, then cropped)."""
@@ -321,18 +321,24 @@ class UMedProtector(Protector):
             labels: ``(B, 1, H, W)`` binary masks.
 
         Returns:
-            ``delta_c = clip(F_c(x) * y_c, +-eps)`` and ``delta_t = clip(F_t(x), +-eps * x_t * y_t)``.
+            ``delta_c = clip(F_c(x) * y_c, +-eps)`` and ``delta_t = clip(F_t(x), +-eps * x_t * y_t)``
+            (``output="linear"``, the paper's clip), or their smooth forms ``eps * tanh(F_c(x)) * y_c`` and
+            ``eps * x_t * y_t * tanh(F_t(x))`` (``output="tanh"``), which stay inside the same bounds while
+            keeping a gradient at every pixel (a clip to a per-pixel bound below ``eps`` silences most of it).
         """
         band, _, bound = self.regions(images, labels)
         zeros = torch.zeros_like(images)
+        smooth = self.output == "tanh"
         if self.texture_only:
             delta_c = zeros
         else:
-            delta_c = (self._raw(self.contour_net, images) * band).clamp(-self.eps, self.eps)
+            raw_c = self._raw(self.contour_net, images)
+            delta_c = self.eps * torch.tanh(raw_c) * band if smooth else (raw_c * band).clamp(-self.eps, self.eps)
         if self.contour_only:
             delta_t = zeros
         else:
-            delta_t = torch.maximum(torch.minimum(self._raw(self.texture_net, images), bound), -bound)
+            raw_t = self._raw(self.texture_net, images)
+            delta_t = bound * torch.tanh(raw_t) if smooth else torch.maximum(torch.minimum(raw_t, bound), -bound)
         return delta_c, delta_t
 
     # ------------------------------------------------------------------ training
