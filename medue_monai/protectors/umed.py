@@ -137,6 +137,8 @@ class UMedProtector(Protector):
         lr_generator: Adam learning rate of both generators.
         lr_surrogate: Adam learning rate of the surrogate U-Net.
         cycle: alternation period: surrogate when ``epoch % cycle == 0``, generators otherwise.
+        alternation: ``"epoch"`` (the paper's: whole epochs of one phase) or ``"batch"`` (every minibatch
+            takes ``cycle - 1`` generator steps, then one surrogate step, as SALM's Algorithm 1 interleaves).
         contour_radius: contour band radius in pixels at 224x224 (scaled linearly with the side).
         lbp_points: LBP sampling points.
         lbp_radius: LBP radius in pixels.
@@ -164,6 +166,7 @@ class UMedProtector(Protector):
         lr_generator: float = 1e-3,
         lr_surrogate: float = 1e-3,
         cycle: int = 5,
+        alternation: str = "epoch",
         contour_radius: float = 3.0,
         lbp_points: int = 8,
         lbp_radius: float = 1.0,
@@ -185,6 +188,8 @@ class UMedProtector(Protector):
         ):
             if int(value) < 1:
                 raise MedueError(f"{option} must be >= 1, got {value}")
+        if alternation not in ("epoch", "batch"):
+            raise MedueError(f"alternation must be 'epoch' or 'batch', got {alternation!r}")
         if output not in ("tanh", "linear"):
             raise MedueError(f"output must be 'tanh' or 'linear', got {output!r}")
         if contour_only and texture_only:
@@ -196,6 +201,7 @@ class UMedProtector(Protector):
         self.lr_generator = float(lr_generator)
         self.lr_surrogate = float(lr_surrogate)
         self.cycle = int(cycle)
+        self.alternation = alternation
         self.contour_radius = float(contour_radius)
         self.lbp_points = int(lbp_points)
         self.lbp_radius = float(lbp_radius)
@@ -222,6 +228,7 @@ class UMedProtector(Protector):
             "lr_generator": self.lr_generator,
             "lr_surrogate": self.lr_surrogate,
             "cycle": self.cycle,
+            "alternation": self.alternation,
             "contour_radius": self.contour_radius,
             "lbp_points": self.lbp_points,
             "lbp_radius": self.lbp_radius,
@@ -313,12 +320,15 @@ class UMedProtector(Protector):
             bound = self.eps * texture_strength(images, self.lbp_points, self.lbp_radius) * interior
         return band, interior, bound
 
-    def deltas(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def deltas(
+        self, images: torch.Tensor, labels: torch.Tensor, regions: tuple[torch.Tensor, ...] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(delta_c, delta_t)`` for a batch, each inside its own bound (differentiable in the generators).
 
         Args:
             images: ``(B, C, H, W)`` images in [0, 1] on the protector's device.
             labels: ``(B, 1, H, W)`` binary masks.
+            regions: ``regions(images, labels)`` when already computed for this batch.
 
         Returns:
             ``delta_c = clip(F_c(x) * y_c, +-eps)`` and ``delta_t = clip(F_t(x), +-eps * x_t * y_t)``
@@ -326,7 +336,7 @@ class UMedProtector(Protector):
             ``eps * x_t * y_t * tanh(F_t(x))`` (``output="tanh"``), which stay inside the same bounds while
             keeping a gradient at every pixel (a clip to a per-pixel bound below ``eps`` silences most of it).
         """
-        band, _, bound = self.regions(images, labels)
+        band, _, bound = regions if regions is not None else self.regions(images, labels)
         zeros = torch.zeros_like(images)
         smooth = self.output == "tanh"
         if self.texture_only:
@@ -356,6 +366,8 @@ class UMedProtector(Protector):
 
     def phase(self, epoch: int | None = None) -> str:
         """``"surrogate"`` when ``epoch % cycle == 0``, else ``"generators"``."""
+        if self.alternation == "batch":
+            return "both"
         epoch = self.current_epoch if epoch is None else epoch
         return "surrogate" if epoch % self.cycle == 0 else "generators"
 
@@ -363,22 +375,36 @@ class UMedProtector(Protector):
         """One minibatch of the current epoch's phase; returns ``{"loss", "phase_surrogate"}``."""
         images = _tensor(batch["image"]).float().to(self.device)
         labels = (_tensor(batch["label"]).float().to(self.device) > 0.5).float()
-        if self.phase() == "surrogate":
-            self.surrogate.train()
-            with torch.no_grad():
-                delta_c, delta_t = self.deltas(images, labels)
-            protected = (images + delta_c + delta_t).clamp(0.0, 1.0)
-            loss = self.loss(self.surrogate_logits(protected), labels)
-            self.surrogate_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.surrogate_optimizer.step()
-            return {"loss": float(loss.detach()), "phase_surrogate": 1.0}
+        phase = self.phase()
+        if phase == "both":
+            regions = self.regions(images, labels)  # LBP once per batch, shared by all steps
+            for _ in range(max(1, self.cycle - 1)):
+                self._generator_step(images, labels, regions)
+            return self._surrogate_step(images, labels, regions)
+        if phase == "surrogate":
+            return self._surrogate_step(images, labels)
+        return self._generator_step(images, labels)
+
+    def _surrogate_step(self, images: torch.Tensor, labels: torch.Tensor, regions=None) -> dict[str, float]:
+        """One Adam step of the surrogate on the current perturbed batch."""
+        self.surrogate.train()
+        with torch.no_grad():
+            delta_c, delta_t = self.deltas(images, labels, regions)
+        protected = (images + delta_c + delta_t).clamp(0.0, 1.0)
+        loss = self.loss(self.surrogate_logits(protected), labels)
+        self.surrogate_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.surrogate_optimizer.step()
+        return {"loss": float(loss.detach()), "phase_surrogate": 1.0}
+
+    def _generator_step(self, images: torch.Tensor, labels: torch.Tensor, regions=None) -> dict[str, float]:
+        """One Adam step of both generators, minimizing the frozen surrogate's loss on the perturbed batch."""
         self.surrogate.eval()
         self.contour_net.train()
         self.texture_net.train()
         self.surrogate.requires_grad_(False)
         try:
-            delta_c, delta_t = self.deltas(images, labels)
+            delta_c, delta_t = self.deltas(images, labels, regions)
             protected = (images + delta_c + delta_t).clamp(0.0, 1.0)
             loss = self.loss(self.surrogate_logits(protected), labels)
             self.generator_optimizer.zero_grad(set_to_none=True)
