@@ -13,13 +13,11 @@ from PIL import Image
 from medue_monai.io.png import apply_delta_uint8, write_png
 from medue_monai.nets.cdc import CDConv2d, CDCUNet, texture_generator
 from medue_monai.protectors.base import load_protector
+from medue_monai.protectors.masks import contour_band, contour_radius, roi_interior
 from medue_monai.protectors.trainer import BilevelTrainer
 from medue_monai.protectors.umed import (
     UMedPhaseHandler,
     UMedProtector,
-    band_radius,
-    contour_band,
-    roi_interior,
     texture_strength,
 )
 from medue_monai.transforms.umed import UMedProtect, UMedProtectD, UMedProtectd, UMedProtectDict
@@ -80,10 +78,10 @@ def test_regions() -> None:
     mask = torch.zeros(1, 1, 20, 20)
     mask[..., 5:15, 5:15] = 1
     band = contour_band(mask, 2)
-    interior = roi_interior(mask, band)
+    interior = roi_interior(mask, 2)
     assert band[..., 3:17, 3:17].sum() == 14 * 14 - 6 * 6 and band.sum() == 14 * 14 - 6 * 6
     assert interior.sum() == 6 * 6 and (interior * band).sum() == 0
-    assert band_radius(224) == 3 and band_radius(128) == 2 and band_radius(32) == 1
+    assert contour_radius(224, 224) == 3 and contour_radius(128, 128) == 2 and contour_radius(32, 32) == 1
     strength = texture_strength(torch.rand(2, 3, 16, 16))
     assert strength.shape == (2, 1, 16, 16) and strength.min() >= 0 and strength.max() <= 1
     assert texture_strength(torch.full((1, 1, 8, 8), 0.5)).abs().sum() == 0

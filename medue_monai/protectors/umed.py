@@ -32,41 +32,13 @@ from tqdm.auto import tqdm
 from ..nets.cdc import CDCUNet, texture_generator
 from ..utils import MedueError
 from .base import Protector, register_protector
+from .masks import contour_band, contour_radius
 
 __all__ = [
     "UMedProtector",
     "UMedPhaseHandler",
-    "contour_band",
-    "roi_interior",
-    "band_radius",
     "texture_strength",
 ]
-
-
-def band_radius(spatial_size: int, radius_at_224: float = 3.0) -> int:
-    """Contour band radius in pixels: ``max(1, round(radius_at_224 * spatial_size / 224))``."""
-    return max(1, int(round(radius_at_224 * spatial_size / 224.0)))
-
-
-def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    return F.max_pool2d(mask, kernel_size=2 * radius + 1, stride=1, padding=radius)
-
-
-def contour_band(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """``dilate(y, r) - erode(y, r)``, ``(2r+1)``-square element; ``mask`` is ``(B, 1, H, W)`` in {0, 1}.
-
-    Erosion treats pixels outside the image as foreground (so an ROI touching the border is not
-    banded along the border itself).
-    """
-    mask = (mask > 0.5).float()
-    dilated = _dilate(mask, radius)
-    eroded = 1.0 - F.max_pool2d(F.pad(1.0 - mask, (radius,) * 4, value=0.0), 2 * radius + 1, stride=1)
-    return (dilated - eroded).clamp_(0.0, 1.0)
-
-
-def roi_interior(mask: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
-    """``y_t = y * (1 - y_c)``: the ROI without its contour band."""
-    return (mask > 0.5).float() * (1.0 - band)
 
 
 def texture_strength(images: torch.Tensor, points: int = 8, radius: float = 1.0) -> torch.Tensor:
@@ -311,9 +283,9 @@ class UMedProtector(Protector):
         Returns:
             Three ``(B, 1, H, W)`` tensors; ``bound_t = eps * x_t * y_t`` (``eps * y_t`` if ``fixed_bound``).
         """
-        radius = band_radius(min(images.shape[-2:]), self.contour_radius)
+        radius = contour_radius(int(images.shape[-2]), int(images.shape[-1]), self.contour_radius)
         band = contour_band(labels.float(), radius)
-        interior = roi_interior(labels.float(), band)
+        interior = (labels > 0.5).float() * (1.0 - band)
         if self.fixed_bound:
             bound = self.eps * interior
         else:
