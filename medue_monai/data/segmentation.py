@@ -317,6 +317,25 @@ class SegmentationDataset(Dataset):
         self.cache = bool(cache)
         self._cache: dict[int, dict[str, Any]] = {}
 
+    def preload(self, num_threads: int = 4) -> SegmentationDataset:
+        """Decode and resize every item now (threads), so DataLoader workers share the cache.
+
+        Without this, each worker process fills its own cache and loses it when the epoch ends.
+
+        Args:
+            num_threads: decoding threads (PIL releases the GIL while decoding).
+
+        Returns:
+            ``self``.
+        """
+        if not self.cache:
+            return self
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
+            list(pool.map(self.__getitem__, range(len(self))))
+        return self
+
     def __len__(self) -> int:
         return len(self.records)
 

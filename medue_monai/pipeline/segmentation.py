@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -154,15 +155,23 @@ def protect_segmentation(
         (folder / "masks").mkdir()
         started = time.perf_counter()
         chunks = [train_records[i : i + batch_size] for i in range(0, len(train_records), batch_size)]
-        for chunk in tqdm(chunks, desc="write protected", disable=not progress, leave=False):
-            originals = [read_image_array(record.image) for record in chunk]
-            images = torch.stack([resize_image(original, spatial_size, channels) for original in originals])
-            labels = torch.stack([resize_mask(read_mask_array(record.label), spatial_size) for record in chunk])
-            delta = protector.perturb(images, labels)
-            for row, (record, original) in enumerate(zip(chunk, originals, strict=True)):
-                written = apply_delta_uint8(original, delta[row], eps)
-                write_png(folder / "images" / f"{record.id}.png", written)
-                budget_sum.add(original, written)
+
+        def write_one(args: tuple[SegmentationRecord, np.ndarray, torch.Tensor]) -> np.ndarray:
+            record, original, delta_row = args
+            written = apply_delta_uint8(original, delta_row, eps)
+            write_png(folder / "images" / f"{record.id}.png", written)
+            return written
+
+        # image decoding and PNG encoding run in threads (PIL and zlib release the GIL)
+        with ThreadPoolExecutor(max_workers=max(2, 2 * num_workers)) as pool:
+            for chunk in tqdm(chunks, desc="write protected", disable=not progress, leave=False):
+                originals = list(pool.map(read_image_array, [record.image for record in chunk]))
+                images = torch.stack([resize_image(original, spatial_size, channels) for original in originals])
+                labels = torch.stack([resize_mask(read_mask_array(record.label), spatial_size) for record in chunk])
+                delta = protector.perturb(images, labels).cpu()
+                written_rows = list(pool.map(write_one, zip(chunk, originals, delta, strict=True)))
+                for original, written in zip(originals, written_rows, strict=True):
+                    budget_sum.add(original, written)
         apply_seconds = time.perf_counter() - started
         for split_name, records in (("train", train_records), ("test", test_records)):
             for record in records:
@@ -416,12 +425,13 @@ def evaluate_segmentation(
     channels = int(dataset_info["in_channels"])
     clean_train_records = source.subset(manifest["split"]["train"])
     protected_records = _protected_records(folder, manifest)
-    test = SegmentationDataset(source.subset(manifest["split"]["test"]), size, channels, cache=True)
+    threads = max(1, num_workers) * 2
+    test = SegmentationDataset(source.subset(manifest["split"]["test"]), size, channels, cache=True).preload(threads)
     torch_device = resolve_device(device)
     started = time.perf_counter()
     runs = {}
     for name, records in (("clean", clean_train_records), ("protected", protected_records)):
-        train = SegmentationDataset(records, size, channels, cache=True)
+        train = SegmentationDataset(records, size, channels, cache=True).preload(threads)
         runs[name] = train_segmentation_exploiter(
             recipe_config,
             exploiter,
