@@ -81,25 +81,16 @@ def _parse_options(items: list[str] | None) -> dict[str, dict[str, Any]]:
 
 
 def _reset_peak_memory(device: torch.device) -> None:
-    # Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) so each method gets its own peak.
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
+    # The process's peak RSS cannot be reset portably, so it is reported as the peak since start;
+    # the GPU peak is reset per method.
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
 
 def _peak_memory(device: torch.device) -> dict[str, float | None]:
-    peak_rss = None
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                peak_rss = int(line.split()[1]) / 1024.0
-    except OSError:
-        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {"peak_rss_mb": peak_rss, "peak_gpu_mb": gpu}
+    return {"peak_rss_mb_since_start": peak_rss, "peak_gpu_mb": gpu}
 
 
 def _machine(device: torch.device) -> dict[str, Any]:
@@ -182,7 +173,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                     _fmt(realized_max, 4),
                     _fmt(row.get("protect_seconds")),
                     _fmt(row.get("evaluate_seconds")),
-                    _fmt((row.get("memory") or {}).get("peak_rss_mb"), 0),
+                    _fmt((row.get("memory") or {}).get("peak_rss_mb_since_start"), 0),
                     _fmt((row.get("memory") or {}).get("peak_gpu_mb"), 0),
                 ]
             )
