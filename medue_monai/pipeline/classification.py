@@ -5,6 +5,7 @@ The CLI, the bundles and the tests all go through these two functions.
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from pathlib import Path
@@ -106,8 +107,11 @@ def protect_classification(
     batch_size = int(batch_size or getattr(protector, "batch_size", 64))
     train = source.dataset("train")
     loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers)
+    fit_kwargs = {}
+    if "val_loader" in inspect.signature(protector.fit).parameters:  # SEP/TAP score checkpoints on MedMNIST's val
+        fit_kwargs["val_loader"] = DataLoader(source.dataset("val"), batch_size=batch_size, num_workers=num_workers)
     started = time.perf_counter()
-    protector.fit(loader, source.num_classes, len(train))
+    protector.fit(loader, source.num_classes, len(train), **fit_kwargs)
     fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
     protected = _apply(protector, source, batch_size, num_workers, progress)
