@@ -124,8 +124,34 @@ def test_ablation_switches() -> None:
 
 
 def test_alternation_phase() -> None:
-    protector = UMedProtector(device="cpu")
+    protector = UMedProtector(device="cpu", alternation="epoch")
     assert [protector.phase(i) for i in range(6)] == ["surrogate"] + ["generators"] * 4 + ["surrogate"]
+    assert UMedProtector(device="cpu").phase(3) == "both"
+    with pytest.raises(MedueError, match="alternation"):
+        UMedProtector(alternation="sometimes")
+
+
+def test_batch_alternation_updates_generators_and_surrogate_each_batch() -> None:
+    protector = UMedProtector(epochs=1, device="cpu", progress=False)
+    batch = _batch(16, 1)
+    protector.prepare(batch)
+    before = {
+        name: [p.detach().clone() for p in net.parameters()]
+        for name, net in (
+            ("contour", protector.contour_net),
+            ("texture", protector.texture_net),
+            ("surrogate", protector.surrogate),
+        )
+    }
+    output = protector.train_iteration(batch)
+    assert output["phase_surrogate"] == 1.0
+    for name, net in (
+        ("contour", protector.contour_net),
+        ("texture", protector.texture_net),
+        ("surrogate", protector.surrogate),
+    ):
+        changed = any(not torch.equal(a, b) for a, b in zip(before[name], net.parameters(), strict=True))
+        assert changed, f"{name} network was not updated"
 
 
 def test_save_load_roundtrip(fitted: UMedProtector, tmp_path) -> None:
@@ -176,7 +202,7 @@ def test_transforms_keep_meta(fitted: UMedProtector, tmp_path) -> None:
 
 
 def test_bilevel_trainer_drives_umed() -> None:
-    protector = UMedProtector(epochs=2, cycle=2, device="cpu", progress=False)
+    protector = UMedProtector(epochs=2, cycle=2, alternation="epoch", device="cpu", progress=False)
     loader = [_batch(16, 1)]
     phases = []
     trainer = BilevelTrainer(protector, loader, 2, 1, max_epochs=2, handlers=[UMedPhaseHandler(protector)])
