@@ -149,3 +149,31 @@ def test_console_script_runs_without_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().startswith("medue protect: error:") and "Traceback" not in result.stderr
+
+
+def test_protect_segmentation_folder_through_the_cli(tmp_path, capsys):
+    from medue_monai.data.segmentation import make_synthetic_segmentation
+
+    source = make_synthetic_segmentation(tmp_path / "seg", num_items=6, size=32, seed=0)
+    out = tmp_path / "out"
+    code = main(
+        [
+            "protect",
+            "--method",
+            "umed",
+            "--data",
+            str(source),
+            "--out",
+            str(out),
+            "--spatial-size",
+            "32",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["images", "manifest.json", "masks", "protector.pt"]
+    assert len(list((out / "images").glob("*.png"))) == 6

@@ -95,7 +95,7 @@ def protect_segmentation(
     overwrite: bool = False,
     limit: int | None = None,
     spatial_size: int = 224,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     num_workers: int = 0,
     progress: bool = True,
     data_root: str | None = None,
@@ -115,7 +115,7 @@ def protect_segmentation(
         overwrite: replace an existing output folder.
         limit: use only the first ``limit`` ids (sorted) before splitting, for quick runs.
         spatial_size: working side length inside the protector.
-        batch_size: loader batch size.
+        batch_size: loader batch size (default: the protector's ``batch_size`` option, else 16).
         num_workers: DataLoader workers.
         progress: show progress bars.
         data_root: base folder for a datalist's relative paths.
@@ -140,6 +140,7 @@ def protect_segmentation(
     train_records, test_records = source.subset(split["train"]), source.subset(split["test"])
     channels = source.in_channels
     train = SegmentationDataset(train_records, spatial_size, channels)
+    batch_size = int(batch_size or getattr(protector, "batch_size", 16))
     loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers)
     started = time.perf_counter()
     protector.fit(loader, 2, len(train))
