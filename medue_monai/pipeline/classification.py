@@ -6,7 +6,6 @@ The CLI, the bundles and the tests all go through these two functions.
 from __future__ import annotations
 
 import inspect
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,9 @@ from ..evaluation import (
     budget_metrics,
     get_recipe,
     invisibility_metrics,
-    plot_learning_curves,
     train_exploiter,
 )
+from ..evaluation.report import write_results
 from ..io import (
     atomic_output_dir,
     build_manifest,
@@ -255,17 +254,5 @@ def evaluate_classification(
         "wall_seconds": time.perf_counter() - started,
     }
     if output is not None:
-        output = Path(output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        plot_path = output.with_suffix(".png")
-        plot_learning_curves(
-            results["curves"],
-            "test_accuracy",
-            plot_path,
-            f"{exploiter} ({recipe}) on {results['dataset']}: clean vs {results['method']}-protected",
-        )
-        results["learning_curves_png"] = str(plot_path)
-        tmp = output.with_suffix(output.suffix + ".tmp")
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-        tmp.replace(output)
+        write_results(results, output, "test_accuracy")
     return results

@@ -10,7 +10,6 @@ tests both on the clean test split (foreground Dice and Jaccard in percent).
 
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -146,7 +145,7 @@ def protect_segmentation(
     protector.fit(loader, 2, len(train))
     fit_seconds = time.perf_counter() - started
 
-    budget = protector.budget_info() if hasattr(protector, "budget_info") else {"norm": "linf", "budget": protector.eps}
+    budget = protector.budget_info()
     eps = budget["budget"] if budget["norm"] == "linf" else None
     empty = {"train": 0, "test": 0}
     resize: dict[str, dict[str, Any]] = {}
@@ -469,19 +468,7 @@ def evaluate_segmentation(
         "wall_seconds": time.perf_counter() - started,
     }
     if output is not None:
-        from ..evaluation.plots import plot_learning_curves
+        from ..evaluation.report import write_results
 
-        output_path = Path(output)
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-        plot_path = output_path.with_suffix(".png")
-        plot_learning_curves(
-            results["curves"],
-            "test_dice",
-            plot_path,
-            f"{exploiter} ({recipe}) on {results['dataset']}: clean vs {results['method']}-protected",
-        )
-        results["learning_curves_png"] = str(plot_path)
-        tmp = output_path.with_suffix(output_path.suffix + ".tmp")
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-        tmp.replace(output_path)
+        write_results(results, output, "test_dice")
     return results
