@@ -68,11 +68,17 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="folder for the protected copy (default: runs/seg_quick_<device>, git-ignored)",
     )
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="stem of the result files (default: seg_quick_<device>)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
     tag = device.type
+    stem = args.name or f"seg_quick_{tag}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work) if args.work else Path(__file__).resolve().parents[1] / "runs" / f"seg_quick_{tag}"
@@ -105,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             "seg-quick",
             exploiter,
             epochs=args.epochs,
-            output=str(out / f"seg_quick_{tag}_{exploiter}.json"),
+            output=str(out / f"{stem}_{exploiter}.json"),
             device=str(device),
             seed=args.seed,
             num_workers=args.num_workers,
@@ -148,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": time.perf_counter() - started,
         "peak_memory": _peak_memory(),
     }
-    json_path = out / f"seg_quick_{tag}.json"
+    json_path = out / f"{stem}.json"
     json_path.write_text(json.dumps(record, indent=2) + "\n")
     lines = [
         f"# seg-quick on {args.dataset} ({args.spatial_size}x{args.spatial_size}), device {device}",
@@ -168,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{run['invisibility']['psnr']:.2f} | {run['invisibility']['ssim']:.4f} | "
             f"{255 * run['budget']['linf_max']:.0f}/255 |"
         )
-    (out / f"seg_quick_{tag}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

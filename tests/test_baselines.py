@@ -429,3 +429,21 @@ def test_real_surrogates_train_and_attack(monkeypatch):
     assert (em.perturb(seg_images, masks) * (1 - masks)).abs().max() == 0
     with pytest.raises(MedueError):
         REAL_BUILD_SEGMENTER(1, 16, 16)
+
+
+def test_evaluation_reuses_a_clean_run(tmp_path):
+    """The baselines benchmark trains the clean exploiter once: a reused run is kept as is, and a run of
+    another length is refused."""
+    from medue_monai.pipeline.classification import evaluate_classification, protect_classification
+
+    spec = "synthetic:num_train=16,num_val=4,num_test=8,size=16,seed=2"
+    folder = tmp_path / "lsp"
+    protect_classification(spec, folder, "lsp", {}, seed=0, device="cpu", progress=False)
+    first = evaluate_classification(folder, "cls-quick", "smallcnn", epochs=1, device="cpu", progress=False)
+    clean_run = {**first["clean"], "curves": first["curves"]["clean"]}
+    reused = evaluate_classification(
+        folder, "cls-quick", "smallcnn", epochs=1, device="cpu", progress=False, clean_run=clean_run
+    )
+    assert reused["clean"] == first["clean"] and reused["protected"] == first["protected"]
+    with pytest.raises(MedueError, match="trained for 1 epochs"):
+        evaluate_classification(folder, "cls-quick", "smallcnn", epochs=2, device="cpu", clean_run=clean_run)

@@ -154,6 +154,20 @@ def test_batch_alternation_updates_generators_and_surrogate_each_batch() -> None
         assert changed, f"{name} network was not updated"
 
 
+@pytest.mark.parametrize("generator_steps", [1, 3])
+def test_batch_alternation_takes_generator_steps_per_batch(generator_steps: int) -> None:
+    protector = UMedProtector(epochs=1, generator_steps=generator_steps, device="cpu", progress=False)
+    batch = _batch(16, 1)
+    protector.prepare(batch)
+    protector.train_iteration(batch)
+    generator_parameter = next(protector.contour_net.parameters())
+    surrogate_parameter = next(protector.surrogate.parameters())
+    assert int(protector.generator_optimizer.state[generator_parameter]["step"]) == generator_steps
+    assert int(protector.surrogate_optimizer.state[surrogate_parameter]["step"]) == 1
+    with pytest.raises(MedueError, match="generator_steps"):
+        UMedProtector(generator_steps=0)
+
+
 def test_save_load_roundtrip(fitted: UMedProtector, tmp_path) -> None:
     path = tmp_path / "umed.pt"
     fitted.save(path)

@@ -193,6 +193,7 @@ def evaluate_classification(
     num_workers: int = 0,
     progress: bool = True,
     data_root: str | None = None,
+    clean_run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train the exploiter on the protected copy (read back from disk) and on the clean one; test both on clean data.
 
@@ -207,9 +208,16 @@ def evaluate_classification(
         num_workers: DataLoader workers.
         progress: show progress bars.
         data_root: folder with MedMNIST files, when the manifest's input path moved.
+        clean_run: the clean-trained run of an earlier evaluation of the SAME source, recipe, exploiter
+            and seed (its ``clean`` entry plus ``curves``: ``{**results["clean"], "curves":
+            results["curves"]["clean"]}``), reused instead of training it again (benchmarks that compare
+            several protectors of one dataset); ``None`` trains it.
 
     Returns:
         Results with ``task``, ``clean``/``protected`` test accuracies (%), ``invisibility``, ``budget``.
+
+    Raises:
+        MedueError: for a recipe of another task, or a ``clean_run`` with another number of epochs.
     """
     manifest, arrays, clean = load_protected_classification(protected, data_root)
     recipe_config = get_recipe(recipe, epochs=epochs)
@@ -219,7 +227,16 @@ def evaluate_classification(
     num_classes = manifest["dataset"]["num_classes"]
     started = time.perf_counter()
     runs = {}
-    for name, train_images in (("clean", clean.images("train")), ("protected", arrays["train_images"])):
+    splits = [("clean", clean.images("train")), ("protected", arrays["train_images"])]
+    if clean_run is not None:
+        trained_epochs = len(clean_run.get("curves", {}).get("test_accuracy", []))
+        if trained_epochs != recipe_config["epochs"]:
+            raise MedueError(
+                f"clean_run was trained for {trained_epochs} epochs, this evaluation uses {recipe_config['epochs']}"
+            )
+        runs["clean"] = clean_run
+        splits = splits[1:]
+    for name, train_images in splits:
         runs[name] = train_exploiter(
             recipe_config,
             train_images,

@@ -11,8 +11,10 @@ Two generators map an image to perturbations confined by its mask ``y``:
 - ``x_p = clip(x + delta_c + delta_t, 0, 1)``; both generators MINIMIZE the surrogate U-Net's DiceCE
   loss on ``x_p`` (error-minimizing: an easy shortcut the exploiter learns instead of the anatomy).
 
-Training alternates by epoch as in the paper's Algorithm 1: epoch ``i`` trains the surrogate when
-``i % cycle == 0`` and the generators otherwise (four generator epochs per surrogate epoch).
+Training interleaves generator and surrogate steps within every minibatch by default
+(``alternation="batch"``, ``generator_steps`` generator steps then one surrogate step); the paper's
+Algorithm 1 alternates whole epochs (``alternation="epoch"``: epoch ``i`` trains the surrogate when
+``i % cycle == 0`` and the generators otherwise, four generator epochs per surrogate epoch).
 """
 
 from __future__ import annotations
@@ -90,19 +92,21 @@ class UMedProtector(Protector):
     Defaults from the paper: ``eps=4/255``, Adam optimizers, batch 16, ``cycle=5`` (surrogate epoch when
     ``epoch % 5 == 0``, generator epochs otherwise), DiceCE loss, surrogate = U-Net, contour band radius
     3 px at 224x224, LBP texture bound, CDC contour encoder.
-    Defaults chosen by us (the paper is silent, or its schedule is a GPU one): ``epochs=30`` in total
-    (the paper runs 100 surrogate epochs = 500 in total at 224x224 on a GPU: pass ``epochs=500`` to
-    reproduce it), ``lr_generator=lr_surrogate=1e-3`` (the paper's 1e-4 suits its 500 epochs; with 30
+    Defaults chosen by us (the paper is silent, or its schedule is a GPU one): ``epochs=20`` in total
+    (the paper runs 100 surrogate epochs = 500 in total at 224x224 on a GPU: pass ``alternation="epoch",
+    epochs=500, lr_generator=1e-4, lr_surrogate=1e-4`` to reproduce its schedule; 20 keeps a seg-quick
+    fit of Kvasir-SEG near 45 minutes on 2 CPU cores), ``lr_generator=lr_surrogate=1e-3`` (the paper's 1e-4 suits its 500 epochs; with 30
     the surrogate stays far from fitted), generator outputs squashed into their bounds as
     ``bound * tanh(raw)`` (``output="tanh"``: smooth inside the budget, so the gradient does not die at
     the clip as it does with the paper's plain clip, ``output="linear"``), LBP with 8 points at radius 1,
     generator widths (8, 16, 32, 64) for the CDC network and (16, 32, 64, 128) for the texture UNet, surrogate MONAI
     UNet widths (16, 32, 64, 128, 256) with 2 residual units (the seg-quick exploiter's).
-    Also ours: ``alternation="batch"`` (generator and surrogate steps interleaved within every minibatch).
-    With the paper's epoch alternation the generators barely lowered the surrogate's loss and a small
-    Kvasir-SEG check showed no protection; interleaving per batch cut the exploiter's Dice from 47.99 % to
-    13.01 % in the same check (see ``alternation``). Not yet measured at full scale
-    (``benchmarks/seg_quick.py``).
+    Also ours: ``alternation="batch"`` (generator and surrogate steps interleaved within every minibatch)
+    with ``generator_steps=1``. With the paper's epoch alternation the generators barely lowered the
+    surrogate's loss and a small Kvasir-SEG check showed no protection; interleaving per batch cut the
+    exploiter's Dice from 47.99 % to 13.01 % (4 generator steps per batch) and, in a second run, from
+    44.97 % to 10.26 % (1 generator step per batch, 2.5x cheaper), see ``alternation`` and
+    ``benchmarks/README.md``.
 
     Args:
         eps: L-inf budget in [0, 1] units.
@@ -110,11 +114,16 @@ class UMedProtector(Protector):
         batch_size: minibatch size used by callers that build the loader (CLI, bundles).
         lr_generator: Adam learning rate of both generators.
         lr_surrogate: Adam learning rate of the surrogate U-Net.
-        cycle: alternation period: surrogate when ``epoch % cycle == 0``, generators otherwise.
-        alternation: ``"batch"`` (default, ours: every minibatch takes ``cycle - 1`` generator steps, then
-            one surrogate step, as SALM's Algorithm 1 interleaves) or ``"epoch"`` (the paper's: whole epochs
-            of one phase). Measured on 150 Kvasir-SEG pairs (UMed at 64x64, 20 epochs; seg-quick UNet at
-            128x128, 20 epochs, CPU): clean-trained Dice 47.99 %, ``"epoch"`` 48.60 %, ``"batch"`` 13.01 %.
+        cycle: epoch alternation period (``alternation="epoch"`` only): surrogate when ``epoch % cycle == 0``,
+            generators otherwise.
+        alternation: ``"batch"`` (default, ours: every minibatch takes ``generator_steps`` generator steps,
+            then one surrogate step, as SALM's Algorithm 1 interleaves) or ``"epoch"`` (the paper's: whole
+            epochs of one phase, see ``cycle``). Measured on 150 Kvasir-SEG pairs (UMed at 64x64, 20 epochs;
+            seg-quick UNet at 128x128, 20 epochs, CPU): clean-trained Dice 47.99 %, ``"epoch"`` 48.60 %,
+            ``"batch"`` with 4 generator steps 13.01 %; with 1 generator step (2 threads, clean 44.97 %)
+            10.26 %.
+        generator_steps: generator steps per minibatch in ``"batch"`` alternation (each costs about 1.8x a
+            surrogate step).
         contour_radius: contour band radius in pixels at 224x224 (scaled linearly with the side).
         lbp_points: LBP sampling points.
         lbp_radius: LBP radius in pixels.
@@ -137,12 +146,13 @@ class UMedProtector(Protector):
     def __init__(
         self,
         eps: float = 4 / 255,
-        epochs: int = 30,
+        epochs: int = 20,
         batch_size: int = 16,
         lr_generator: float = 1e-3,
         lr_surrogate: float = 1e-3,
         cycle: int = 5,
         alternation: str = "batch",
+        generator_steps: int = 1,
         contour_radius: float = 3.0,
         lbp_points: int = 8,
         lbp_radius: float = 1.0,
@@ -160,6 +170,7 @@ class UMedProtector(Protector):
             ("epochs", epochs),
             ("batch_size", batch_size),
             ("cycle", cycle),
+            ("generator_steps", generator_steps),
             ("lbp_points", lbp_points),
         ):
             if int(value) < 1:
@@ -178,6 +189,7 @@ class UMedProtector(Protector):
         self.lr_surrogate = float(lr_surrogate)
         self.cycle = int(cycle)
         self.alternation = alternation
+        self.generator_steps = int(generator_steps)
         self.contour_radius = float(contour_radius)
         self.lbp_points = int(lbp_points)
         self.lbp_radius = float(lbp_radius)
@@ -205,6 +217,7 @@ class UMedProtector(Protector):
             "lr_surrogate": self.lr_surrogate,
             "cycle": self.cycle,
             "alternation": self.alternation,
+            "generator_steps": self.generator_steps,
             "contour_radius": self.contour_radius,
             "lbp_points": self.lbp_points,
             "lbp_radius": self.lbp_radius,
@@ -354,7 +367,7 @@ class UMedProtector(Protector):
         phase = self.phase()
         if phase == "both":
             regions = self.regions(images, labels)  # LBP once per batch, shared by all steps
-            for _ in range(max(1, self.cycle - 1)):
+            for _ in range(self.generator_steps):
                 self._generator_step(images, labels, regions)
             return self._surrogate_step(images, labels, regions)
         if phase == "surrogate":
