@@ -160,6 +160,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         progress=not args.no_progress,
+        protector_out=args.protector_out,
     )
     if _is_segmentation_data(args.data):
         from .pipeline.segmentation import protect_segmentation
@@ -178,7 +179,8 @@ def cmd_protect(args: argparse.Namespace) -> int:
     print(
         f"protected {manifest['counts'].get('train')} training items with {manifest['method']} -> {args.out} "
         f"(max|delta| {realized.get('linf_max', float('nan')):.5f}, pixels touched "
-        f"{100 * realized.get('l0_share', float('nan')):.2f}%)"
+        f"{100 * realized.get('l0_share', float('nan')):.2f}%)\n"
+        f"fitted protector -> {manifest['protector']['path']} (keep it private: it removes the protection)"
     )
     return 0
 
@@ -247,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
         "protect",
         help="fit a protector on a dataset's training split and write the protected copy",
         description="Fit a protector on the training split and write the protected dataset (same format and "
-        "dtype, val/test untouched) with manifest.json and the fitted protector.pt.",
+        "dtype, val/test untouched) with manifest.json into --out: that folder is what you release. The fitted "
+        "protector is written OUTSIDE it (--protector-out): keep it private, whoever holds it can remove the "
+        "protection.",
         formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=32),
         epilog=methods_help(),
     )
@@ -291,7 +295,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="any other method option (repeatable), see below",
     )
-    protect.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    protect.add_argument(
+        "--protector-out",
+        default=None,
+        help="where the fitted protector goes, outside --out; reload it with load_protector or SALMProtectd "
+        "(default: <out>.protector.pt)",
+    )
+    protect.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output folder and protector file"
+    )
     add_common(protect)
     for action in protect._actions:
         if action.default not in (None, argparse.SUPPRESS) and action.help and "(default" not in action.help:

@@ -175,5 +175,32 @@ def test_protect_segmentation_folder_through_the_cli(tmp_path, capsys):
         ]
     )
     assert code == 0, capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == ["images", "manifest.json", "masks", "protector.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["images", "manifest.json", "masks"]
+    assert (tmp_path / "out.protector.pt").is_file()
     assert len(list((out / "images").glob("*.png"))) == 6
+
+
+def test_fitted_protector_stays_out_of_the_release(tmp_path, capsys):
+    """The protector (SALM's deltas: x = x_p - delta) never lands in the released folder."""
+    from medue_monai.io import read_manifest
+    from medue_monai.protectors import load_protector
+    from medue_monai.utils import sha256_path
+
+    data = _npz(tmp_path / "x.npz")
+    out = tmp_path / "release"
+    args = ["protect", "--method", "salm", "--data", str(data), "--out", str(out), "--epochs", "1"]
+    args += ["--option", "surrogate=smallcnn", "--device", "cpu", "--no-progress"]
+    assert main(args) == 0
+    assert "keep it private" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "x.npz"]
+    key = tmp_path / "release.protector.pt"
+    record = read_manifest(out)["protector"]
+    assert record["path"] == str(key) and record["sha256"] == sha256_path(key) and record["private"] is True
+    assert load_protector(key, device="cpu").fitted
+    # an existing protector file is not replaced without --overwrite, and nothing else is written then
+    other = tmp_path / "second"
+    assert main([*args[:6], str(other), *args[7:], "--protector-out", str(key)]) == 2
+    assert "already exists" in capsys.readouterr().err and not other.exists()
+    # the protector may not go into the release folder
+    assert main([*args[:6], str(other), *args[7:], "--protector-out", str(other / "p.pt")]) == 2
+    assert "outside the release folder" in capsys.readouterr().err and not other.exists()

@@ -103,7 +103,8 @@ def test_protect_writes_pngs_at_original_size(tmp_path) -> None:
     manifest = protect_segmentation(
         str(root), str(out), "umed", TINY, spatial_size=16, batch_size=2, device="cpu", progress=False
     )
-    assert read_manifest(out)["task"] == "segmentation" and (out / "protector.pt").is_file()
+    assert read_manifest(out)["task"] == "segmentation" and not (out / "protector.pt").exists()
+    assert (tmp_path / "out.protector.pt").is_file() and manifest["protector"]["private"]
     assert manifest["counts"]["train"] == 4 and manifest["counts"]["test"] == 1
     assert manifest["counts"]["empty_masks_train"] + manifest["counts"]["empty_masks_test"] == 1
     eps = manifest["budget"]["budget"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from ..utils import MedueError
 
-__all__ = ["atomic_output_dir", "check_output_dir"]
+__all__ = ["atomic_output_dir", "atomic_output_file", "check_output_dir", "check_output_file", "protector_path"]
 
 
 def check_output_dir(out: str | Path, overwrite: bool = False, inputs: tuple[str | Path, ...] = ()) -> Path:
@@ -66,4 +67,86 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path
             tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def protector_path(out: str | Path, protector_out: str | Path | None = None) -> Path:
+    """Where the fitted protector goes: ``protector_out``, else ``<out>.protector.pt`` beside the release folder.
+
+    The protector is the key to the protection (SALM's per-image deltas, UMed's generators, LSP's class
+    patterns): whoever holds it can estimate and subtract the perturbation, so it never goes into the
+    folder that is released.
+
+    Args:
+        out: the release folder.
+        protector_out: an explicit path, or ``None`` for the default.
+
+    Returns:
+        The resolved path.
+
+    Raises:
+        MedueError: when the path lies inside the release folder.
+    """
+    out = Path(out).resolve()
+    path = Path(protector_out).resolve() if protector_out is not None else out.with_name(f"{out.name}.protector.pt")
+    if path == out or out in path.parents:
+        raise MedueError(
+            f"{path}: the fitted protector must lie outside the release folder {out} "
+            "(whoever holds it can remove the protection)"
+        )
+    return path
+
+
+def check_output_file(path: str | Path, overwrite: bool = False, inputs: tuple[str | Path, ...] = ()) -> Path:
+    """Validate an output file before any work starts (exists without ``overwrite``, overlaps an input).
+
+    Args:
+        path: the output file.
+        overwrite: allow replacing an existing file.
+        inputs: input paths the file must not be or lie inside.
+
+    Returns:
+        The resolved path.
+
+    Raises:
+        MedueError: when the file exists (without ``overwrite``), is a folder, or overlaps an input.
+    """
+    path = Path(path).resolve()
+    for source in inputs:
+        source = Path(source).resolve()
+        if path == source or source in path.parents:
+            raise MedueError(f"{path}: output file overlaps the input {source}; originals are never modified")
+    if path.is_dir():
+        raise MedueError(f"{path}: is a folder, expected a file path")
+    if path.exists() and not overwrite:
+        raise MedueError(f"{path}: already exists; pass --overwrite to replace it")
+    return path
+
+
+@contextmanager
+def atomic_output_file(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary file path next to ``path``; on success rename it to ``path``, on error delete it.
+
+    Args:
+        path: final file path.
+        overwrite: replace an existing file at the end.
+
+    Yields:
+        The temporary path to write.
+
+    Raises:
+        MedueError: when ``path`` appeared meanwhile and ``overwrite`` is off.
+    """
+    path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    tmp = Path(name)
+    try:
+        os.close(handle)
+        yield tmp
+        if path.exists() and not overwrite:
+            raise MedueError(f"{path}: already exists; pass --overwrite to replace it")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise

@@ -13,7 +13,7 @@ import torch
 from .. import __version__
 from ..utils import sha256_path
 
-__all__ = ["MANIFEST_NAME", "build_manifest", "write_manifest", "read_manifest"]
+__all__ = ["MANIFEST_NAME", "build_manifest", "protector_record", "write_manifest", "read_manifest"]
 
 MANIFEST_NAME = "manifest.json"
 
@@ -90,3 +90,21 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise MedueError(f"{path}: invalid JSON ({err})") from err
+
+
+def protector_record(path: str | Path, written: str | Path | None = None) -> dict[str, Any]:
+    """Manifest entry for the fitted protector kept outside the release folder.
+
+    Args:
+        path: the protector's final path.
+        written: the file to hash when it is still at a temporary path (default ``path``).
+
+    Returns:
+        ``{"path", "sha256", "private", "note"}``.
+    """
+    return {
+        "path": str(path),
+        "sha256": sha256_path(written if written is not None else path),
+        "private": True,
+        "note": "keep this file private and out of the release: whoever holds it can remove the protection",
+    }

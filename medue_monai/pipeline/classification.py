@@ -25,8 +25,12 @@ from ..evaluation import (
 from ..evaluation.report import write_results
 from ..io import (
     atomic_output_dir,
+    atomic_output_file,
     build_manifest,
     check_output_dir,
+    check_output_file,
+    protector_path,
+    protector_record,
     quantize_protected,
     read_manifest,
     write_manifest,
@@ -35,9 +39,7 @@ from ..io.npz import write_npz
 from ..protectors import get_protector_class
 from ..utils import MedueError, resolve_device, set_seed
 
-__all__ = ["protect_classification", "evaluate_classification", "PROTECTOR_FILE"]
-
-PROTECTOR_FILE = "protector.pt"
+__all__ = ["protect_classification", "evaluate_classification"]
 
 
 def _apply(protector, source: ClassificationSource, batch_size: int, num_workers: int, progress: bool) -> torch.Tensor:
@@ -65,13 +67,16 @@ def protect_classification(
     batch_size: int | None = None,
     num_workers: int = 0,
     progress: bool = True,
+    protector_out: str | Path | None = None,
 ) -> dict[str, Any]:
     """Fit a protector on the training split and write the protected dataset.
 
-    The output folder holds ``<name>.npz`` (same keys and dtype as the input; ``train_images``
-    replaced, val/test untouched), ``protector.pt`` (the fitted protector, loadable with
-    ``weights_only=True``) and ``manifest.json``. It is written into a temporary folder and renamed
-    at the end, so a failure leaves nothing behind; the input is never modified.
+    The output folder (the release) holds ``<name>.npz`` (same keys and dtype as the input;
+    ``train_images`` replaced, val/test untouched) and ``manifest.json``. The fitted protector
+    (loadable with ``weights_only=True``) goes OUTSIDE it, to ``protector_out`` (default
+    ``<out>.protector.pt``): it is the key that removes the protection, so keep it private. Both are
+    written to temporary paths and renamed at the end, so a failure leaves nothing behind; the input is
+    never modified.
 
     Args:
         data: ``medmnist:<name>``, a path to a MedMNIST npz, or ``synthetic[:...]``.
@@ -86,18 +91,21 @@ def protect_classification(
         batch_size: loader batch size (default: the protector's ``batch_size`` option, else 64).
         num_workers: DataLoader workers.
         progress: show progress bars.
+        protector_out: path of the fitted protector (default ``<out>.protector.pt``; never inside ``out``).
 
     Returns:
         The manifest written.
 
     Raises:
-        MedueError: bad data, options or output folder.
+        MedueError: bad data, options or output paths.
     """
     cls = get_protector_class(method)
     if cls.task != "classification":
         raise MedueError(f"method {method!r} is for {cls.task}; {data!r} is a classification dataset")
     source = load_classification_spec(data, data_root=data_root, limit=limit)
-    out = check_output_dir(out, overwrite=overwrite, inputs=(source.path,) if source.path else ())
+    inputs = (source.path,) if source.path else ()
+    out = check_output_dir(out, overwrite=overwrite, inputs=inputs)
+    protector_file = check_output_file(protector_path(out, protector_out), overwrite=overwrite, inputs=inputs)
     generator = set_seed(seed)
     try:
         protector = cls(seed=seed, device=resolve_device(device), progress=progress, **options)
@@ -122,9 +130,9 @@ def protect_classification(
     arrays["train_images"] = written
     realized = budget_metrics(clean_train, written)
     file_name = f"{source.name}.npz"
-    with atomic_output_dir(out, overwrite=overwrite) as folder:
+    with atomic_output_file(protector_file, overwrite) as saved, atomic_output_dir(out, overwrite) as folder:
         write_npz(folder / file_name, arrays)
-        protector.save(folder / PROTECTOR_FILE)
+        protector.save(saved)
         manifest = build_manifest(
             task="classification",
             method=method,
@@ -132,7 +140,7 @@ def protect_classification(
             seed=seed,
             source=source.path,
             data_spec=data,
-            output_files={file_name: folder / file_name, PROTECTOR_FILE: folder / PROTECTOR_FILE},
+            output_files={file_name: folder / file_name},
             counts={split: int(source.images(split).shape[0]) for split in ("train", "val", "test")},
             extra={
                 "dataset": {
@@ -153,6 +161,7 @@ def protect_classification(
                     "device": str(protector.device),
                 },
                 "history": getattr(protector, "history", []),
+                "protector": protector_record(protector_file, saved),
             },
         )
         write_manifest(folder, manifest)

@@ -2,10 +2,11 @@
 
 ``protect_segmentation`` fits a segmentation protector (UMed) on the seeded 80/20 train split at a
 working size, then writes every image as a lossless PNG at its ORIGINAL size and channel count
-(train: protected; test: unperturbed), copies masks byte for byte, and writes ``protector.pt`` and
-``manifest.json``, all into a temporary folder renamed at the end. ``evaluate_segmentation`` reads the
-protected training split BACK FROM DISK, trains an exploiter on it and on the clean originals, and
-tests both on the clean test split (foreground Dice and Jaccard in percent).
+(train: protected; test: unperturbed), copies masks byte for byte and writes ``manifest.json``, all
+into a temporary folder renamed at the end; the fitted protector goes beside that folder (private).
+``evaluate_segmentation`` reads the protected training split BACK FROM DISK, trains an exploiter on it
+and on the clean originals, and tests both on the clean test split (foreground Dice and Jaccard in
+percent).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from ..data.segmentation import (
 )
 from ..evaluation.invisibility import budget_metrics, invisibility_metrics
 from ..evaluation.recipes import get_recipe
-from ..io.atomic import atomic_output_dir, check_output_dir
-from ..io.manifest import build_manifest, read_manifest, write_manifest
+from ..io.atomic import atomic_output_dir, atomic_output_file, check_output_dir, check_output_file, protector_path
+from ..io.manifest import build_manifest, protector_record, read_manifest, write_manifest
 from ..io.png import apply_delta_uint8, copy_mask, write_png
 from ..protectors import get_protector_class
 from ..protectors import umed as _umed  # noqa: F401  (registers "umed")
@@ -44,7 +45,6 @@ from ..utils import MedueError, resolve_device, set_seed
 
 __all__ = ["EXPLOITERS", "build_exploiter", "evaluate_segmentation", "protect_segmentation"]
 
-PROTECTOR_FILE = "protector.pt"
 EXPLOITERS = ("unet", "attentionunet", "basicunetplusplus", "swinunetr")
 
 
@@ -98,11 +98,14 @@ def protect_segmentation(
     num_workers: int = 0,
     progress: bool = True,
     data_root: str | None = None,
+    protector_out: str | Path | None = None,
 ) -> dict:
     """Fit a segmentation protector on the train split and write the protected dataset.
 
-    Output layout: ``images/<id>.png`` (train protected, test unperturbed, both at the original size and
-    channel count), ``masks/<original mask file>`` (copied unchanged), ``protector.pt``, ``manifest.json``.
+    Output layout (the release): ``images/<id>.png`` (train protected, test unperturbed, both at the
+    original size and channel count), ``masks/<original mask file>`` (copied unchanged),
+    ``manifest.json``. The fitted protector goes OUTSIDE it, to ``protector_out`` (default
+    ``<out>.protector.pt``): it is the key that removes the protection, so keep it private.
 
     Args:
         data: folder with ``images/`` + ``masks/`` (or ``labels/``), or a MONAI datalist JSON.
@@ -118,6 +121,7 @@ def protect_segmentation(
         num_workers: DataLoader workers.
         progress: show progress bars.
         data_root: base folder for a datalist's relative paths.
+        protector_out: path of the fitted protector (default ``<out>.protector.pt``; never inside ``out``).
 
     Returns:
         The manifest written.
@@ -130,6 +134,9 @@ def protect_segmentation(
         raise MedueError(f"method {method!r} is for {cls.task}; {data!r} is a segmentation dataset")
     source = load_segmentation_source(data, data_root=data_root, limit=limit)
     out_path = check_output_dir(out, overwrite=overwrite, inputs=(source.path,))
+    protector_file = check_output_file(
+        protector_path(out_path, protector_out), overwrite=overwrite, inputs=(source.path,)
+    )
     generator = set_seed(seed)
     try:
         protector = cls(**{"progress": progress, **options, "seed": seed, "device": resolve_device(device)})
@@ -150,7 +157,10 @@ def protect_segmentation(
     empty = {"train": 0, "test": 0}
     resize: dict[str, dict[str, Any]] = {}
     budget_sum = _BudgetAccumulator(ssim=False)
-    with atomic_output_dir(out_path, overwrite=overwrite) as folder:
+    with (
+        atomic_output_file(protector_file, overwrite) as saved,
+        atomic_output_dir(out_path, overwrite=overwrite) as folder,
+    ):
         (folder / "images").mkdir()
         (folder / "masks").mkdir()
         started = time.perf_counter()
@@ -188,7 +198,7 @@ def protect_segmentation(
                     "mask": f"masks/{mask.name}",
                 }
         realized = budget_sum.result()
-        protector.save(folder / PROTECTOR_FILE)
+        protector.save(saved)
         jpeg = sorted(r.id for r in source.records if r.format.upper() in ("JPEG", "MPO"))
         manifest = build_manifest(
             task="segmentation",
@@ -200,7 +210,6 @@ def protect_segmentation(
             output_files={
                 "images": folder / "images",
                 "masks": folder / "masks",
-                PROTECTOR_FILE: folder / PROTECTOR_FILE,
             },
             counts={
                 "train": len(train_records),
@@ -237,6 +246,7 @@ def protect_segmentation(
                     "device": str(protector.device),
                 },
                 "history": getattr(protector, "history", []),
+                "protector": protector_record(protector_file, saved),
             },
         )
         write_manifest(folder, manifest)

@@ -93,13 +93,14 @@ class UMedProtector(Protector):
     ``epoch % 5 == 0``, generator epochs otherwise), DiceCE loss, surrogate = U-Net, contour band radius
     3 px at 224x224, LBP texture bound, CDC contour encoder.
     Defaults chosen by us (the paper is silent, or its schedule is a GPU one): ``epochs=20`` in total
-    (the paper runs 100 surrogate epochs = 500 in total at 224x224 on a GPU: pass ``alternation="epoch",
-    epochs=500, lr_generator=1e-4, lr_surrogate=1e-4`` to reproduce its schedule; 20 keeps a seg-quick
-    fit of Kvasir-SEG near 45 minutes on 2 CPU cores), ``lr_generator=lr_surrogate=1e-3`` (the paper's
-    1e-4 suits its 500 epochs; with 30 the surrogate stays far from fitted), generator outputs squashed into their bounds as
-    ``bound * tanh(raw)`` (``output="tanh"``: smooth inside the budget, so the gradient does not die at
-    the clip as it does with the paper's plain clip, ``output="linear"``), LBP with 8 points at radius 1,
-    generator widths (8, 16, 32, 64) for the CDC network and (16, 32, 64, 128) for the texture UNet, surrogate MONAI
+    (the paper runs 100 surrogate epochs = 500 in total at 224x224 on a GPU: pass
+    ``alternation="epoch", epochs=500, lr_generator=1e-4, lr_surrogate=1e-4`` to reproduce its schedule;
+    20 keeps a seg-quick fit of Kvasir-SEG near 45 minutes on 2 CPU cores),
+    ``lr_generator=lr_surrogate=1e-3`` (the paper's 1e-4 suits its 500 epochs; with 30 the surrogate
+    stays far from fitted), generator outputs squashed into their bounds as ``bound * tanh(raw)``
+    (``output="tanh"``: smooth inside the budget, so the gradient does not die at the clip as it does
+    with the paper's plain clip, ``output="linear"``), LBP with 8 points at radius 1, generator widths
+    (8, 16, 32, 64) for the CDC network and (16, 32, 64, 128) for the texture UNet, surrogate MONAI
     UNet widths (16, 32, 64, 128, 256) with 2 residual units (the seg-quick exploiter's).
     Also ours: ``alternation="batch"`` (generator and surrogate steps interleaved within every minibatch)
     with ``generator_steps=1``. With the paper's epoch alternation the generators barely lowered the
