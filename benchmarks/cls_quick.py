@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -57,6 +58,89 @@ def peak_memory_mb() -> dict:
     return peak
 
 
+def _stat(rows: list[dict], section: str, key: str, digits: int = 2, scale: float = 1.0) -> str:
+    """``mean`` (one row) or ``mean +- std`` (several seeds) of ``row[section][key] * scale``."""
+    values = np.array([row[section][key] * scale for row in rows], dtype=float)
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{values.mean():.{digits}f} +- {values.std(ddof=1):.{digits}f}"
+
+
+def run_entry(
+    args: argparse.Namespace,
+    matrix: dict,
+    scratch: Path,
+    dataset: str,
+    entry: dict,
+    seed: int,
+    clean_runs: dict[tuple[str, str, int], dict],
+) -> list[dict]:
+    """Protect ``dataset`` with one matrix entry and evaluate it with every exploiter; returns the rows.
+
+    The clean-trained exploiter of a (dataset, exploiter, seed) is trained once and reused by the
+    other entries unless ``--retrain-clean``.
+    """
+    folder = scratch / f"{dataset}-{entry['name']}-seed{seed}"
+    started = time.perf_counter()
+    manifest = protect_classification(
+        f"medmnist:{dataset}",
+        folder,
+        entry["method"],
+        dict(entry.get("options", {})),
+        seed=seed,
+        device=args.device,
+        limit=args.limit,
+        data_root=args.data_root,
+        num_workers=args.num_workers,
+        progress=False,
+        overwrite=True,
+    )
+    protect_seconds = time.perf_counter() - started
+    rows = []
+    for exploiter in matrix.get("exploiters", ["resnet18"]):
+        key = (dataset, exploiter, seed)
+        results = evaluate_classification(
+            folder,
+            matrix.get("recipe", "cls-quick"),
+            exploiter,
+            epochs=args.epochs,
+            device=args.device,
+            seed=seed,
+            num_workers=args.num_workers,
+            progress=False,
+            data_root=args.data_root,
+            clean_run=None if args.retrain_clean else clean_runs.get(key),
+        )
+        clean_runs.setdefault(key, {**results["clean"], "curves": results["curves"]["clean"]})
+        row = {
+            "dataset": dataset,
+            "entry": entry["name"],
+            "method": entry["method"],
+            "seed": seed,
+            "options": manifest["options"],
+            "exploiter": exploiter,
+            "protect_seconds": protect_seconds,
+            "fit_seconds": manifest["timing"]["fit_seconds"],
+            "images_per_second": manifest["timing"]["images_per_second"],
+            "clean": results["clean"],
+            "protected": results["protected"],
+            "invisibility": results["invisibility"],
+            "budget": results["budget"],
+            "surrogate_history": manifest.get("history", [])[-3:],
+            "evaluate_seconds": results["wall_seconds"],
+            "peak_memory": peak_memory_mb(),
+        }
+        rows.append(row)
+        print(
+            f"{dataset:15s} {entry['name']:18s} {exploiter:10s} seed {seed} "
+            f"clean {row['clean']['test_accuracy']:6.2f} protected {row['protected']['test_accuracy']:6.2f} "
+            f"(best {row['protected']['best_test_accuracy']:6.2f}) PSNR {row['invisibility']['psnr']:6.2f} "
+            f"L0 {100 * row['budget']['l0_share']:6.2f}% fit {row['fit_seconds']:7.1f}s",
+            flush=True,
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--matrix", default="configs/benchmarks/cls-quick.yaml", help="benchmark matrix YAML")
@@ -65,6 +149,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=None, help="folder with <dataset>.npz")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--seed", type=int, default=0, help="seed of protection and exploiter training")
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated seeds, each a full protect + evaluate repetition (overrides --seed); the table "
+        "then shows mean +- standard deviation over seeds",
+    )
+    parser.add_argument(
+        "--retrain-clean",
+        action="store_true",
+        help="train the clean exploiter again for every entry (default: once per dataset, exploiter and seed)",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's exploiter epochs")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N training images")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
@@ -72,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     matrix = yaml.safe_load(Path(args.matrix).read_text())
+    seeds = [int(text) for text in args.seeds.split(",")] if args.seeds else [args.seed]
     datasets = args.datasets or matrix["datasets"]
     entries = [e for e in matrix["entries"] if not args.entries or e["name"] in args.entries]
     record = {
@@ -79,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "version": __version__,
         "seed": args.seed,
+        "seeds": seeds,
         "device": args.device,
         "machine": machine_description(args.device),
         "matrix": matrix,
@@ -86,82 +183,37 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    clean_runs: dict[tuple[str, str, int], dict] = {}
     with tempfile.TemporaryDirectory() as scratch:
-        for dataset in datasets:
-            for entry in entries:
-                folder = Path(scratch) / f"{dataset}-{entry['name']}"
-                started = time.perf_counter()
-                manifest = protect_classification(
-                    f"medmnist:{dataset}",
-                    folder,
-                    entry["method"],
-                    dict(entry.get("options", {})),
-                    seed=args.seed,
-                    device=args.device,
-                    limit=args.limit,
-                    data_root=args.data_root,
-                    num_workers=args.num_workers,
-                    progress=False,
-                    overwrite=True,
-                )
-                protect_seconds = time.perf_counter() - started
-                for exploiter in matrix.get("exploiters", ["resnet18"]):
-                    results = evaluate_classification(
-                        folder,
-                        matrix.get("recipe", "cls-quick"),
-                        exploiter,
-                        epochs=args.epochs,
-                        device=args.device,
-                        seed=args.seed,
-                        num_workers=args.num_workers,
-                        progress=False,
-                        data_root=args.data_root,
-                    )
-                    row = {
-                        "dataset": dataset,
-                        "entry": entry["name"],
-                        "method": entry["method"],
-                        "options": manifest["options"],
-                        "exploiter": exploiter,
-                        "protect_seconds": protect_seconds,
-                        "fit_seconds": manifest["timing"]["fit_seconds"],
-                        "images_per_second": manifest["timing"]["images_per_second"],
-                        "clean": results["clean"],
-                        "protected": results["protected"],
-                        "invisibility": results["invisibility"],
-                        "budget": results["budget"],
-                        "surrogate_history": manifest.get("history", [])[-3:],
-                        "evaluate_seconds": results["wall_seconds"],
-                        "peak_memory": peak_memory_mb(),
-                    }
-                    record["rows"].append(row)
-                    print(
-                        f"{dataset:15s} {entry['name']:18s} {exploiter:10s} clean {row['clean']['test_accuracy']:6.2f} "
-                        f"protected {row['protected']['test_accuracy']:6.2f} "
-                        f"(best {row['protected']['best_test_accuracy']:6.2f}) "
-                        f"PSNR {row['invisibility']['psnr']:6.2f} L0 {100 * row['budget']['l0_share']:6.2f}% "
-                        f"fit {row['fit_seconds']:7.1f}s",
-                        flush=True,
-                    )
+        for seed in seeds:
+            for dataset in datasets:
+                for entry in entries:
+                    row_list = run_entry(args, matrix, Path(scratch), dataset, entry, seed, clean_runs)
+                    record["rows"].extend(row_list)
                     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [
         f"# {matrix.get('recipe', 'cls-quick')} results",
         "",
         f"Command: `{record['command']}`  ",
-        f"Date: {record['date']}; seed {args.seed}; device {args.device}; machine: {json.dumps(record['machine'])}",
+        f"Date: {record['date']}; seeds {seeds}; device {args.device}; machine: {json.dumps(record['machine'])}",
         "",
-        "| dataset | protector | exploiter | clean acc % | protected acc % (final / best) | paper clean -> SALM "
-        "| PSNR dB | SSIM | pixels touched % | max abs delta (x255) | fit s | img/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| dataset | protector | exploiter | seeds | clean acc % | protected acc % (final / best) "
+        "| paper clean -> SALM | PSNR dB | SSIM | pixels touched % | max abs delta (x255) | fit s | img/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    groups: dict[tuple[str, str, str], list[dict]] = {}
     for row in record["rows"]:
-        paper = PAPER.get(row["dataset"])
+        groups.setdefault((row["dataset"], row["entry"], row["exploiter"]), []).append(row)
+    for (dataset, entry, exploiter), rows in groups.items():
+        paper = PAPER.get(dataset)
         lines.append(
-            f"| {row['dataset']} | {row['entry']} | {row['exploiter']} | {row['clean']['test_accuracy']:.2f} | "
-            f"{row['protected']['test_accuracy']:.2f} / {row['protected']['best_test_accuracy']:.2f} | "
-            f"{f'{paper[0]} -> {paper[1]}' if paper else '-'} | {row['invisibility']['psnr']:.2f} | "
-            f"{row['invisibility']['ssim']:.4f} | {100 * row['budget']['l0_share']:.2f} | "
-            f"{255 * row['budget']['linf_max']:.0f} | {row['fit_seconds']:.1f} | {row['images_per_second']:.1f} |"
+            f"| {dataset} | {entry} | {exploiter} | {len(rows)} | {_stat(rows, 'clean', 'test_accuracy')} | "
+            f"{_stat(rows, 'protected', 'test_accuracy')} / {_stat(rows, 'protected', 'best_test_accuracy')} | "
+            f"{f'{paper[0]} -> {paper[1]}' if paper else '-'} | {_stat(rows, 'invisibility', 'psnr')} | "
+            f"{_stat(rows, 'invisibility', 'ssim', 4)} | {_stat(rows, 'budget', 'l0_share', scale=100)} | "
+            f"{max(255 * row['budget']['linf_max'] for row in rows):.0f} | "
+            f"{np.mean([row['fit_seconds'] for row in rows]):.1f} | "
+            f"{np.mean([row['images_per_second'] for row in rows]):.1f} |"
         )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
