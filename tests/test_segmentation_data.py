@@ -158,3 +158,33 @@ def test_synthetic_segmentation_folder(tmp_path) -> None:
     assert read_mask_array(source.records[0].label).max() == 1
     with pytest.raises(MedueError, match="already exists"):
         make_synthetic_segmentation(root)
+
+
+def test_budget_accumulator_matches_whole_set_metrics() -> None:
+    """The streaming accumulator (images of different sizes) equals the metrics of the pooled pixels."""
+    from medue_monai.evaluation.invisibility import budget_metrics
+    from medue_monai.io.png import apply_delta_uint8
+    from medue_monai.pipeline.segmentation import _BudgetAccumulator
+
+    rng = np.random.default_rng(0)
+    accumulator = _BudgetAccumulator(ssim=False)
+    cleans, writtens = [], []
+    for shape in ((20, 30, 3), (16, 16, 3), (25, 10)):
+        clean = rng.integers(0, 256, shape, dtype=np.uint8)
+        delta = torch.from_numpy(rng.uniform(-0.05, 0.05, (3, 8, 8)).astype(np.float32))
+        written = apply_delta_uint8(clean, delta, 4 / 255)
+        assert written.dtype == np.uint8 and written.shape == clean.shape
+        assert np.abs(written.astype(int) - clean.astype(int)).max() <= 4
+        accumulator.add(clean, written)
+        cleans.append(clean.reshape(-1, 1) if clean.ndim == 2 else clean.reshape(-1, 3))
+        writtens.append(written.reshape(-1, 1) if written.ndim == 2 else written.reshape(-1, 3))
+    result = accumulator.result()
+    pairs = list(zip(cleans, writtens, strict=True))
+    squared = sum(float(((w.astype(float) - c.astype(float)) ** 2).sum()) for c, w in pairs)
+    count = sum(c.size for c in cleans)
+    assert result["psnr"] == pytest.approx(10 * np.log10(255.0**2 / (squared / count)))
+    per_image = [budget_metrics(c[None, :, None], w[None, :, None]) for c, w in zip(cleans, writtens, strict=True)]
+    assert result["linf_max"] == pytest.approx(max(m["linf_max"] for m in per_image))
+    positions = [len(c) for c in cleans]
+    share = sum(m["l0_share"] * n for m, n in zip(per_image, positions, strict=True)) / sum(positions)
+    assert result["l0_share"] == pytest.approx(share)

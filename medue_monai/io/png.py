@@ -42,14 +42,13 @@ def apply_delta_uint8(original: np.ndarray, delta: torch.Tensor, eps: float | No
     channels = 1 if original.ndim == 2 else original.shape[2]
     if delta.shape[0] != channels:
         delta = delta.mean(0, keepdim=True) if channels == 1 else delta.expand(channels, -1, -1)
-    array = delta.numpy()
-    array = array[0] if original.ndim == 2 else np.moveaxis(array, 0, -1)
-    base = original.astype(np.float64)
-    values = np.rint(base + array.astype(np.float64) * 255.0)
+    delta = delta[0] if original.ndim == 2 else delta.permute(1, 2, 0)
+    base = torch.from_numpy(np.ascontiguousarray(original)).float()
+    values = torch.round(base + delta * 255.0)  # float32 is exact for these integer grey levels
     if eps is not None:
-        limit = np.floor(255.0 * eps + 1e-6)
-        values = np.clip(values, base - limit, base + limit)
-    return np.clip(values, 0, 255).astype(np.uint8)
+        limit = float(np.floor(255.0 * eps + 1e-6))
+        values = torch.minimum(torch.maximum(values, base - limit), base + limit)
+    return values.clamp_(0, 255).to(torch.uint8).numpy()
 
 
 def write_png(path: str | Path, array: np.ndarray) -> Path:

@@ -34,7 +34,7 @@ from ..data.segmentation import (
     resize_mask,
     split_ids,
 )
-from ..evaluation.invisibility import budget_metrics, invisibility_metrics
+from ..evaluation.invisibility import invisibility_metrics
 from ..evaluation.recipes import get_recipe
 from ..io.atomic import atomic_output_dir, atomic_output_file, check_output_dir, check_output_file, protector_path
 from ..io.manifest import build_manifest, protector_record, read_manifest, write_manifest
@@ -48,34 +48,49 @@ __all__ = ["EXPLOITERS", "build_exploiter", "evaluate_segmentation", "protect_se
 EXPLOITERS = ("unet", "attentionunet", "basicunetplusplus", "swinunetr")
 
 
+def _pair_stats(clean: np.ndarray, written: np.ndarray) -> tuple[int, int, int, int, int]:
+    """Integer statistics of one (clean, written) uint8 pair: sum of squared differences, number of
+    values, changed pixel positions, positions, and the largest absolute difference."""
+    diff = written.astype(np.int16) - clean.astype(np.int16)
+    changed = diff != 0 if diff.ndim == 2 else np.any(diff != 0, axis=-1)
+    flat = diff.reshape(-1).astype(np.int32)
+    largest = int(np.abs(flat).max()) if flat.size else 0
+    return int(np.dot(flat, flat)), int(diff.size), int(changed.sum()), int(changed.size), largest
+
+
 class _BudgetAccumulator:
     """Budget and invisibility over images of varying sizes, one pair at a time (nothing is kept).
 
     PSNR comes from the pooled MSE over all pixels, SSIM is the per-image mean, ``l0_share`` the share
     of pixel positions where any channel changed, ``linf_max`` the largest change in [0, 1] units.
+    Pairs are summarized by :func:`_pair_stats` (cheap, in the writer threads) and then added here.
     """
 
     def __init__(self, ssim: bool) -> None:
         self.ssim = ssim
-        self.squared, self.count, self.changed, self.positions, self.linf = 0.0, 0, 0.0, 0, 0.0
+        self.squared, self.count, self.changed, self.positions, self.largest = 0, 0, 0, 0, 0
         self.ssims: list[float] = []
 
     def add(self, clean: np.ndarray, written: np.ndarray) -> None:
-        diff = written.astype(np.float64) - clean.astype(np.float64)
-        self.squared += float((diff**2).sum())
-        self.count += diff.size
-        metrics = budget_metrics(clean[None], written[None])
-        self.linf = max(self.linf, metrics["linf_max"])
-        self.positions += clean.shape[0] * clean.shape[1]
-        self.changed += metrics["l0_share"] * clean.shape[0] * clean.shape[1]
+        """Add one pair (computes its statistics, and SSIM when enabled)."""
+        self.add_stats(_pair_stats(clean, written))
         if self.ssim:
             self.ssims.append(invisibility_metrics(clean[None], written[None], hashes=False)["ssim"])
+
+    def add_stats(self, stats: tuple[int, int, int, int, int]) -> None:
+        """Add the :func:`_pair_stats` of one pair."""
+        squared, count, changed, positions, largest = stats
+        self.squared += squared
+        self.count += count
+        self.changed += changed
+        self.positions += positions
+        self.largest = max(self.largest, largest)
 
     def result(self) -> dict[str, float]:
         mse = self.squared / max(self.count, 1)
         result = {
             "psnr": float(10.0 * np.log10(255.0**2 / mse)) if mse > 0 else float("inf"),
-            "linf_max": self.linf,
+            "linf_max": self.largest / 255.0,
             "l0_share": self.changed / max(self.positions, 1),
         }
         if self.ssim:
@@ -166,22 +181,24 @@ def protect_segmentation(
         started = time.perf_counter()
         chunks = [train_records[i : i + batch_size] for i in range(0, len(train_records), batch_size)]
 
-        def write_one(args: tuple[SegmentationRecord, np.ndarray, torch.Tensor]) -> np.ndarray:
+        def load_one(record: SegmentationRecord) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+            original = read_image_array(record.image)
+            image = resize_image(original, spatial_size, channels)
+            return original, image, resize_mask(read_mask_array(record.label), spatial_size)
+
+        def write_one(args: tuple[SegmentationRecord, np.ndarray, torch.Tensor]) -> tuple[int, ...]:
             record, original, delta_row = args
             written = apply_delta_uint8(original, delta_row, eps)
             write_png(folder / "images" / f"{record.id}.png", written)
-            return written
+            return _pair_stats(original, written)
 
-        # image decoding and PNG encoding run in threads (PIL and zlib release the GIL)
+        # decoding, resizing, quantizing and PNG encoding run in threads (PIL, zlib and torch release the GIL)
         with ThreadPoolExecutor(max_workers=max(2, 2 * num_workers)) as pool:
             for chunk in tqdm(chunks, desc="write protected", disable=not progress, leave=False):
-                originals = list(pool.map(read_image_array, [record.image for record in chunk]))
-                images = torch.stack([resize_image(original, spatial_size, channels) for original in originals])
-                labels = torch.stack([resize_mask(read_mask_array(record.label), spatial_size) for record in chunk])
-                delta = protector.perturb(images, labels).cpu()
-                written_rows = list(pool.map(write_one, zip(chunk, originals, delta, strict=True)))
-                for original, written in zip(originals, written_rows, strict=True):
-                    budget_sum.add(original, written)
+                originals, images, labels = zip(*pool.map(load_one, chunk), strict=True)
+                delta = protector.perturb(torch.stack(images), torch.stack(labels)).cpu()
+                for stats in pool.map(write_one, zip(chunk, originals, delta, strict=True)):
+                    budget_sum.add_stats(stats)
         apply_seconds = time.perf_counter() - started
         for split_name, records in (("train", train_records), ("test", test_records)):
             for record in records:
