@@ -161,6 +161,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         progress=not args.no_progress,
         protector_out=args.protector_out,
+        resume=args.resume,
     )
     if _is_segmentation_data(args.data):
         from .pipeline.segmentation import protect_segmentation
@@ -303,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     protect.add_argument(
         "--overwrite", action="store_true", help="replace an existing output folder and protector file"
+    )
+    protect.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted fit from <protector-out>.resume (salm, em and umed save it after every "
+        "epoch; it is deleted once the output is written); the same command line must be given again",
     )
     add_common(protect)
     for action in protect._actions:

@@ -38,6 +38,7 @@ from ..io import (
 from ..io.npz import write_npz
 from ..protectors import get_protector_class
 from ..utils import MedueError, resolve_device, set_seed
+from .resume import attach_fit_checkpoint
 
 __all__ = ["protect_classification", "evaluate_classification"]
 
@@ -68,6 +69,7 @@ def protect_classification(
     num_workers: int = 0,
     progress: bool = True,
     protector_out: str | Path | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Fit a protector on the training split and write the protected dataset.
 
@@ -92,6 +94,8 @@ def protect_classification(
         num_workers: DataLoader workers.
         progress: show progress bars.
         protector_out: path of the fitted protector (default ``<out>.protector.pt``; never inside ``out``).
+        resume: continue an interrupted fit from ``<protector file>.resume`` (resumable methods save it
+            after every epoch and delete it when the output is written).
 
     Returns:
         The manifest written.
@@ -117,6 +121,8 @@ def protect_classification(
     fit_kwargs = {}
     if "val_loader" in inspect.signature(protector.fit).parameters:  # SEP/TAP score checkpoints on MedMNIST's val
         fit_kwargs["val_loader"] = DataLoader(source.dataset("val"), batch_size=batch_size, num_workers=num_workers)
+    run = {"data": data, "seed": seed, "limit": limit, "batch_size": batch_size}
+    checkpoint = attach_fit_checkpoint(protector, protector_file, source.path, run, resume)
     started = time.perf_counter()
     protector.fit(loader, source.num_classes, len(train), **fit_kwargs)
     fit_seconds = time.perf_counter() - started
@@ -165,6 +171,8 @@ def protect_classification(
             },
         )
         write_manifest(folder, manifest)
+    if checkpoint is not None:
+        checkpoint.remove()
     return manifest
 
 

@@ -42,6 +42,7 @@ from ..io.png import apply_delta_uint8, copy_mask, write_png
 from ..protectors import get_protector_class
 from ..protectors import umed as _umed  # noqa: F401  (registers "umed")
 from ..utils import MedueError, resolve_device, set_seed
+from .resume import attach_fit_checkpoint
 
 __all__ = ["EXPLOITERS", "build_exploiter", "evaluate_segmentation", "protect_segmentation"]
 
@@ -114,6 +115,7 @@ def protect_segmentation(
     progress: bool = True,
     data_root: str | None = None,
     protector_out: str | Path | None = None,
+    resume: bool = False,
 ) -> dict:
     """Fit a segmentation protector on the train split and write the protected dataset.
 
@@ -137,6 +139,8 @@ def protect_segmentation(
         progress: show progress bars.
         data_root: base folder for a datalist's relative paths.
         protector_out: path of the fitted protector (default ``<out>.protector.pt``; never inside ``out``).
+        resume: continue an interrupted fit from ``<protector file>.resume`` (resumable methods save it
+            after every epoch and delete it when the output is written).
 
     Returns:
         The manifest written.
@@ -163,6 +167,8 @@ def protect_segmentation(
     train = SegmentationDataset(train_records, spatial_size, channels)
     batch_size = int(batch_size or getattr(protector, "batch_size", 16))
     loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers)
+    run = {"data": str(data), "seed": seed, "limit": limit, "batch_size": batch_size, "spatial_size": spatial_size}
+    checkpoint = attach_fit_checkpoint(protector, protector_file, source.path, run, resume)
     started = time.perf_counter()
     protector.fit(loader, 2, len(train))
     fit_seconds = time.perf_counter() - started
@@ -267,6 +273,8 @@ def protect_segmentation(
             },
         )
         write_manifest(folder, manifest)
+    if checkpoint is not None:
+        checkpoint.remove()
     return manifest
 
 

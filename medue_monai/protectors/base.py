@@ -11,7 +11,14 @@ import torch
 
 from ..utils import MedueError, resolve_device
 
-__all__ = ["Protector", "PROTECTORS", "register_protector", "get_protector_class", "load_protector"]
+__all__ = [
+    "FitCheckpoint",
+    "Protector",
+    "PROTECTORS",
+    "register_protector",
+    "get_protector_class",
+    "load_protector",
+]
 
 PROTECTORS: dict[str, type[Protector]] = {}
 
@@ -38,6 +45,69 @@ def get_protector_class(name: str) -> type[Protector]:
     return PROTECTORS[name]
 
 
+class FitCheckpoint:
+    """Where a resumable protector saves its training state after every epoch, so an interrupted fit resumes.
+
+    The file holds plain tensors and numbers (loads with ``weights_only=True``): the protector's training
+    state (networks, optimizers, perturbations, history), the epochs done, the global torch RNG state
+    and the loader's shuffling generator, and a ``fingerprint`` of the run (method, options, data) that
+    must match for a resume. It contains what the protection adds, so it is as private as the fitted
+    protector; callers delete it once the protected output is written.
+
+    Args:
+        path: checkpoint file.
+        fingerprint: JSON-like description of the run; a checkpoint with another fingerprint is refused.
+        resume: continue from ``path`` when it exists (otherwise start afresh and overwrite it).
+    """
+
+    def __init__(self, path: str | Path, fingerprint: dict[str, Any], resume: bool = False) -> None:
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+        self.resume = bool(resume)
+
+    def save(self, training_state: dict[str, Any], epochs_done: int, loader: Any) -> None:
+        """Write the state after ``epochs_done`` epochs (temporary file, then rename)."""
+        generator = getattr(loader, "generator", None)
+        payload = {
+            "fingerprint": self.fingerprint,
+            "epochs_done": int(epochs_done),
+            "torch_rng": torch.get_rng_state(),
+            "loader_rng": generator.get_state() if isinstance(generator, torch.Generator) else None,
+            "state": training_state,
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        torch.save(payload, tmp)
+        tmp.replace(self.path)
+
+    def load(self, loader: Any) -> tuple[dict[str, Any], int] | None:
+        """Return ``(training_state, epochs_done)`` and restore the RNG states, or ``None`` (no resume).
+
+        Raises:
+            MedueError: when the file cannot be read or belongs to another run.
+        """
+        if not self.resume or not self.path.is_file():
+            return None
+        try:
+            payload = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise MedueError(f"{self.path}: cannot read the fit checkpoint ({err}); delete it to start afresh") from err
+        if not isinstance(payload, dict) or payload.get("fingerprint") != self.fingerprint:
+            raise MedueError(
+                f"{self.path}: this fit checkpoint belongs to another run (method, options or data differ); "
+                "delete it, or run without --resume"
+            )
+        torch.set_rng_state(payload["torch_rng"])
+        generator = getattr(loader, "generator", None)
+        if isinstance(generator, torch.Generator) and payload["loader_rng"] is not None:
+            generator.set_state(payload["loader_rng"])
+        return payload["state"], int(payload["epochs_done"])
+
+    def remove(self) -> None:
+        """Delete the checkpoint (after a successful run)."""
+        self.path.unlink(missing_ok=True)
+
+
 class Protector(ABC):
     """A protection method: learns on a clean set (``fit``), then returns bounded perturbations.
 
@@ -53,6 +123,8 @@ class Protector(ABC):
 
     name: ClassVar[str] = ""
     task: ClassVar[str] = "classification"
+    #: whether ``fit`` saves and resumes epoch checkpoints through :attr:`checkpoint`
+    resumable: ClassVar[bool] = False
 
     def __init__(self, eps: float = 8 / 255, seed: int = 0, device: str | torch.device = "auto") -> None:
         if not 0.0 < float(eps) <= 1.0:
@@ -61,6 +133,7 @@ class Protector(ABC):
         self.seed = int(seed)
         self.device = resolve_device(device)
         self.fitted = False
+        self.checkpoint: FitCheckpoint | None = None  # set by callers to make a resumable fit save/resume
 
     # ------------------------------------------------------------------ contract
     @abstractmethod
@@ -108,6 +181,30 @@ class Protector(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore learned state produced by :meth:`state_dict`."""
         self.fitted = True
+
+    def training_state(self) -> dict[str, Any]:
+        """Everything a resumable fit needs to continue (resumable protectors override)."""
+        raise NotImplementedError(f"{self.name} does not support resuming")
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`training_state` into a protector prepared for the same data."""
+        raise NotImplementedError(f"{self.name} does not support resuming")
+
+    def _resume(self, loader: Any) -> int:
+        """Load the checkpoint when resuming; returns the number of epochs already done (0 otherwise)."""
+        if self.checkpoint is None or not self.resumable:
+            return 0
+        loaded = self.checkpoint.load(loader)
+        if loaded is None:
+            return 0
+        state, epochs_done = loaded
+        self.load_training_state(state)
+        return epochs_done
+
+    def _save_checkpoint(self, loader: Any, epochs_done: int) -> None:
+        """Save the training state after ``epochs_done`` epochs when a checkpoint is attached."""
+        if self.checkpoint is not None and self.resumable:
+            self.checkpoint.save(self.training_state(), epochs_done, loader)
 
     # ------------------------------------------------------------------ helpers
     def protect(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
