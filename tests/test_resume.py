@@ -9,7 +9,6 @@ from monai.data import DataLoader
 
 from medue_monai.cli import main
 from medue_monai.data import load_classification_spec
-from medue_monai.data.segmentation import make_synthetic_segmentation
 from medue_monai.pipeline.classification import protect_classification
 from medue_monai.protectors import SALMProtector
 from medue_monai.protectors.base import FitCheckpoint
@@ -39,9 +38,7 @@ class InterruptingLoader:
 
 
 def _salm_loader(source) -> DataLoader:
-    return DataLoader(
-        source.dataset("train"), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(5)
-    )
+    return DataLoader(source.dataset("train"), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(5))
 
 
 def _salm(**options) -> SALMProtector:
