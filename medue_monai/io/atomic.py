@@ -14,6 +14,14 @@ from ..utils import MedueError
 __all__ = ["atomic_output_dir", "atomic_output_file", "check_output_dir", "check_output_file", "protector_path"]
 
 
+def _refuse_input_overlap(out: Path, inputs: tuple[str | Path, ...], what: str) -> None:
+    """Raise when ``out`` is an input, lies inside one, or contains one (originals are never modified)."""
+    for source in inputs:
+        source = Path(source).resolve()
+        if out == source or source in out.parents or out in source.parents:
+            raise MedueError(f"{out}: {what} overlaps the input {source}; originals are never modified")
+
+
 def check_output_dir(out: str | Path, overwrite: bool = False, inputs: tuple[str | Path, ...] = ()) -> Path:
     """Validate an output folder before any work starts.
 
@@ -29,10 +37,7 @@ def check_output_dir(out: str | Path, overwrite: bool = False, inputs: tuple[str
         MedueError: when the folder exists (without ``overwrite``) or overlaps an input.
     """
     out = Path(out).resolve()
-    for source in inputs:
-        source = Path(source).resolve()
-        if out == source or source in out.parents or out in source.parents:
-            raise MedueError(f"{out}: output folder overlaps the input {source}; originals are never modified")
+    _refuse_input_overlap(out, inputs, "output folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise MedueError(f"{out}: already exists; pass --overwrite to replace it")
     return out
@@ -112,10 +117,7 @@ def check_output_file(path: str | Path, overwrite: bool = False, inputs: tuple[s
         MedueError: when the file exists (without ``overwrite``), is a folder, or overlaps an input.
     """
     path = Path(path).resolve()
-    for source in inputs:
-        source = Path(source).resolve()
-        if path == source or source in path.parents:
-            raise MedueError(f"{path}: output file overlaps the input {source}; originals are never modified")
+    _refuse_input_overlap(path, inputs, "output file")
     if path.is_dir():
         raise MedueError(f"{path}: is a folder, expected a file path")
     if path.exists() and not overwrite:

@@ -237,15 +237,17 @@ class UMedProtector(Protector):
     def state_dict(self) -> dict[str, Any]:
         self._require_fitted()
 
-        def plain(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-            return {k: v.detach().cpu() for k, v in module.state_dict().items()}
-
         return {
             "in_channels": self.in_channels,
-            "contour_net": plain(self.contour_net),
-            "texture_net": plain(self.texture_net),
-            "surrogate": plain(self.surrogate),
+            **self._network_states(),
             "history": self.history,
+        }
+
+    def _network_states(self) -> dict[str, dict[str, torch.Tensor]]:
+        """CPU copies of the three networks' weights, keyed as in saved states."""
+        return {
+            name: {k: v.detach().cpu() for k, v in getattr(self, name).state_dict().items()}
+            for name in ("contour_net", "texture_net", "surrogate")
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -449,13 +451,8 @@ class UMedProtector(Protector):
     def training_state(self) -> dict[str, Any]:
         """Networks, optimizers and history (for resuming an interrupted fit)."""
 
-        def plain(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-            return {k: v.detach().cpu() for k, v in module.state_dict().items()}
-
         return {
-            "contour_net": plain(self.contour_net),
-            "texture_net": plain(self.texture_net),
-            "surrogate": plain(self.surrogate),
+            **self._network_states(),
             "generator_optimizer": self.generator_optimizer.state_dict(),
             "surrogate_optimizer": self.surrogate_optimizer.state_dict(),
             "history": list(self.history),
