@@ -73,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="stem of the result files (default: seg_quick_<device>)",
     )
+    parser.add_argument(
+        "--protected",
+        default=None,
+        help="evaluate this existing UMed-protected copy instead of fitting UMed again (default: fit)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
@@ -89,25 +94,32 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
 
     protect_started = time.perf_counter()
-    manifest = protect_segmentation(
-        data,
-        str(work / "umed"),
-        "umed",
-        options,
-        seed=args.seed,
-        device=str(device),
-        overwrite=True,
-        limit=args.limit,
-        spatial_size=args.spatial_size,
-        num_workers=args.num_workers,
-        progress=progress,
-    )
-    protect_seconds = time.perf_counter() - protect_started
+    if args.protected:
+        protected = Path(args.protected)
+        manifest = json.loads((protected / "manifest.json").read_text())
+        data = manifest["input"]["path"] if isinstance(manifest.get("input"), dict) else data
+        protect_seconds = None
+    else:
+        protected = work / "umed"
+        manifest = protect_segmentation(
+            data,
+            str(protected),
+            "umed",
+            options,
+            seed=args.seed,
+            device=str(device),
+            overwrite=True,
+            limit=args.limit,
+            spatial_size=args.spatial_size,
+            num_workers=args.num_workers,
+            progress=progress,
+        )
+        protect_seconds = time.perf_counter() - protect_started
     runs = {}
     for exploiter in [name.strip() for name in args.exploiters.split(",") if name.strip()]:
         run_started = time.perf_counter()
         results = evaluate_segmentation(
-            str(work / "umed"),
+            str(protected),
             "seg-quick",
             exploiter,
             epochs=args.epochs,
@@ -141,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
         },
         "data": data,
+        "protected": str(protected),
+        "reused_protected_copy": bool(args.protected),
         "limit": args.limit,
         "spatial_size": args.spatial_size,
         "umed": {

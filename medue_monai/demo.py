@@ -28,6 +28,7 @@ DEMO_CLASSIFICATION = {
 DEMO_SEGMENTATION = {
     "num_items": 60,
     "size": 64,
+    "contrast": 1.0,
     "method": "umed",
     "options": {"epochs": 10},
     "exploiter": "unet",
@@ -65,7 +66,9 @@ def _segmentation(out: Path, device: str, seed: int, progress: bool) -> dict:
     from .pipeline.segmentation import evaluate_segmentation, protect_segmentation
 
     config = DEMO_SEGMENTATION
-    source = make_synthetic_segmentation(out / "source", config["num_items"], config["size"], seed=seed)
+    source = make_synthetic_segmentation(
+        out / "source", config["num_items"], config["size"], seed=seed, contrast=config["contrast"]
+    )
     protect_segmentation(
         str(source),
         str(out / "protected"),

@@ -162,8 +162,24 @@ def test_bilevel_trainer_runs_as_monai_trainer():
         ({"eps": 0}, "eps must"),
         ({"eps": 1.5}, "eps must"),
         ({"schedule": "nope"}, "schedule"),
+        ({"surrogate": "alexnet"}, "unknown surrogate"),
+        ({"lr": 0}, "lr must"),
     ],
 )
 def test_bad_options_raise(options, message):
     with pytest.raises(MedueError, match=message):
         SALMProtector(device="cpu", **options)
+
+
+def test_auto_surrogate_resolves_by_device_and_is_recorded():
+    from medue_monai.protectors.salm import resolve_surrogate
+
+    cpu = SALMProtector(device="cpu")
+    assert cpu.config()["surrogate"] == "smallcnn" and cpu.config()["lr"] == 0.01
+    assert resolve_surrogate("auto", torch.device("cuda")) == "resnet18"
+    assert resolve_surrogate("vgg11", torch.device("cpu")) == "vgg11"
+    paper = SALMProtector(surrogate="resnet18", device="cpu")
+    assert paper.config()["surrogate"] == "resnet18" and paper.config()["lr"] == 0.1
+    assert SALMProtector(surrogate="resnet18", lr=0.05, device="cpu").config()["lr"] == 0.05
+    # a saved config names the resolved network, so loading elsewhere rebuilds the same surrogate
+    assert SALMProtector(**{**cpu.config(), "device": "cpu"}).config() == cpu.config()

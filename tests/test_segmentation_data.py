@@ -160,6 +160,23 @@ def test_synthetic_segmentation_folder(tmp_path) -> None:
         make_synthetic_segmentation(root)
 
 
+def test_synthetic_segmentation_contrast(tmp_path) -> None:
+    """Lower ``contrast`` gives fainter discs: a smaller foreground-background gap, same masks."""
+
+    def gap(folder):
+        images = [np.asarray(Image.open(p), dtype=float) for p in sorted((folder / "images").glob("*.png"))]
+        masks = [np.asarray(Image.open(p)) > 0 for p in sorted((folder / "masks").glob("*.png"))]
+        return np.mean([im[m].mean() - im[~m].mean() for im, m in zip(images, masks, strict=True)])
+
+    bright = make_synthetic_segmentation(tmp_path / "bright", num_items=4, size=32, seed=2)
+    faint = make_synthetic_segmentation(tmp_path / "faint", num_items=4, size=32, seed=2, contrast=0.1)
+    for name in ("syn0000.png", "syn0003.png"):
+        assert np.array_equal(
+            np.asarray(Image.open(bright / "masks" / name)), np.asarray(Image.open(faint / "masks" / name))
+        )
+    assert gap(bright) > 100 and 0 < gap(faint) < 0.5 * gap(bright)
+
+
 def test_budget_accumulator_matches_whole_set_metrics() -> None:
     """The streaming accumulator (images of different sizes) equals the metrics of the pooled pixels."""
     from medue_monai.evaluation.invisibility import budget_metrics

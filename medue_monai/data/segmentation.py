@@ -368,7 +368,13 @@ class SegmentationDataset(Dataset):
 
 
 def make_synthetic_segmentation(
-    folder: str | Path, num_items: int = 40, size: int = 64, seed: int = 0, num_objects: int = 4
+    folder: str | Path,
+    num_items: int = 40,
+    size: int = 64,
+    seed: int = 0,
+    num_objects: int = 4,
+    contrast: float = 1.0,
+    noise: float = 0.2,
 ) -> Path:
     """Write a small synthetic segmentation folder (``images/`` + ``masks/`` PNGs) for demos and tests.
 
@@ -381,6 +387,9 @@ def make_synthetic_segmentation(
         size: side length in pixels.
         seed: random seed.
         num_objects: discs per image.
+        contrast: disc intensity scale; 1 gives MONAI's bright discs (0.5-1 over a dark background),
+            smaller values give faint discs as in low-contrast medical images (the demo uses 0.1).
+        noise: maximum of the uniform background noise added after scaling.
 
     Returns:
         The folder.
@@ -403,10 +412,12 @@ def make_synthetic_segmentation(
             num_objs=num_objects,
             rad_max=max(3, size // 6),
             rad_min=max(2, size // 20),
-            noise_max=0.2,
+            noise_max=0.0,
             num_seg_classes=1,
             random_state=state,
         )
+        image = contrast * image + state.uniform(0.0, noise, size=image.shape)
+        image = (image - image.min()) / max(float(image.max() - image.min()), 1e-8)
         Image.fromarray(np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)).save(
             folder / "images" / f"syn{index:04d}.png"
         )
