@@ -141,4 +141,9 @@ def run_demo(
     print(f"\nmedue demo results (lower protected numbers = stronger protection); details in {out}/:")
     for line in lines:
         print("  " + line)
+    if "segmentation" in results:
+        print(
+            "  note: the synthetic discs are easy and the demo trains for seconds, so its segmentation part checks\n"
+            "  the pipeline, not UMed's strength; for UMed on a real dataset (Kvasir-SEG) see benchmarks/README.md."
+        )
     return results

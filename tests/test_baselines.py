@@ -420,7 +420,8 @@ def test_real_surrogates_train_and_attack(monkeypatch):
     monkeypatch.setattr(surrogate_module, "get_classifier", REAL_GET_CLASSIFIER)
     monkeypatch.setattr(em_seg_module, "build_segmenter", REAL_BUILD_SEGMENTER)
     raw, images, labels = _classification(n=4, size=8)
-    tap = TAPProtector(steps=1, surrogate_epochs=1, progress=False, device="cpu").fit(_batches(images, labels, 4), 3, 4)
+    tap = TAPProtector(steps=1, surrogate="resnet18", surrogate_epochs=1, progress=False, device="cpu")
+    tap.fit(_batches(images, labels, 4), 3, 4)
     delta = tap.perturb(images, labels)
     assert delta.abs().max() <= tap.eps + 1e-7
     _, seg_images, masks = _segmentation(n=2)

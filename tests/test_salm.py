@@ -162,7 +162,7 @@ def test_bilevel_trainer_runs_as_monai_trainer():
         ({"eps": 0}, "eps must"),
         ({"eps": 1.5}, "eps must"),
         ({"schedule": "nope"}, "schedule"),
-        ({"surrogate": "alexnet"}, "unknown surrogate"),
+        ({"surrogate": "alexnet"}, "unknown network"),
         ({"lr": 0}, "lr must"),
     ],
 )
@@ -172,12 +172,12 @@ def test_bad_options_raise(options, message):
 
 
 def test_auto_surrogate_resolves_by_device_and_is_recorded():
-    from medue_monai.protectors.salm import resolve_surrogate
+    from medue_monai.nets import resolve_classifier
 
     cpu = SALMProtector(device="cpu")
     assert cpu.config()["surrogate"] == "smallcnn" and cpu.config()["lr"] == 0.01
-    assert resolve_surrogate("auto", torch.device("cuda")) == "resnet18"
-    assert resolve_surrogate("vgg11", torch.device("cpu")) == "vgg11"
+    assert resolve_classifier("auto", torch.device("cuda")) == "resnet18"
+    assert resolve_classifier("vgg11", "cpu") == "vgg11"
     paper = SALMProtector(surrogate="resnet18", device="cpu")
     assert paper.config()["surrogate"] == "resnet18" and paper.config()["lr"] == 0.1
     assert SALMProtector(surrogate="resnet18", lr=0.05, device="cpu").config()["lr"] == 0.05

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..nets import CLASSIFIER_NAMES, get_classifier
+from ..nets import get_classifier, resolve_classifier
 from ..utils import MedueError
 from .augment import sample_transform
 from .base import Protector, register_protector
@@ -28,21 +28,10 @@ __all__ = ["SALMProtector", "EMProtector"]
 
 SCHEDULES = ("minibatch", "em")
 L0_MODES = ("every_step", "final")
-# ``surrogate="auto"``: the paper's ResNet-18 on an accelerator, MONAI's small residual Classifier on a
-# CPU (ResNet-18 with the stride-1 28x28 stem costs ~95 s per BreastMNIST epoch on 2 CPU cores).
-AUTO_SURROGATE = {"cpu": "smallcnn"}
-DEFAULT_SURROGATE = "resnet18"
 # ``lr=None``: the paper's SGD lr 0.1 for its ResNet-18; 0.01 for ``smallcnn`` (no batch norm in its
 # head, and 0.1 made its early epochs unstable in our trials).
 SURROGATE_LR = {"smallcnn": 0.01}
 DEFAULT_LR = 0.1
-
-
-def resolve_surrogate(name: str, device: torch.device) -> str:
-    """Return the surrogate network name for ``name`` (``"auto"`` picks by device type)."""
-    if name == "auto":
-        return AUTO_SURROGATE.get(device.type, DEFAULT_SURROGATE)
-    return name
 
 
 def _batch_tensors(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -152,14 +141,12 @@ class SALMProtector(Protector):
         ):
             if int(value) < 1:
                 raise MedueError(f"{option} must be >= 1, got {value}")
-        if surrogate != "auto" and surrogate.lower().replace("-", "").replace("_", "") not in CLASSIFIER_NAMES:
-            raise MedueError(f"unknown surrogate {surrogate!r}; choose auto or one of {', '.join(CLASSIFIER_NAMES)}")
         if lr is not None and not float(lr) > 0.0:
             raise MedueError(f"lr must be > 0, got {lr}")
         if stop_error is not None and not 0.0 <= stop_error < 1.0:
             raise MedueError(f"stop_error must be in [0, 1), got {stop_error}")
         self.k = float(k)
-        self.surrogate_name = resolve_surrogate(surrogate, self.device)
+        self.surrogate_name = resolve_classifier(surrogate, self.device)
         self.epochs = int(epochs)
         self.batch_size = int(batch_size)
         self.noise_steps = int(noise_steps)

@@ -40,7 +40,8 @@ class SEPProtector(SurrogatePGDProtector):
         steps: PGD steps per restart.
         step_size: PGD sign-step size in [0, 1] units.
         restarts: random restarts (the restart with the lowest ensemble loss is kept per image).
-        surrogate: surrogate classifier name (:func:`medue_monai.nets.get_classifier`).
+        surrogate: surrogate classifier name (:func:`medue_monai.nets.get_classifier`) or ``"auto"``
+            (ResNet-18 on a GPU, ``smallcnn`` on a CPU).
         surrogate_epochs: epochs of clean surrogate training (one candidate checkpoint per epoch).
         surrogate_lr: Adam learning rate of the surrogate (cosine-annealed).
         surrogate_weight_decay: Adam weight decay of the surrogate.
@@ -62,7 +63,7 @@ class SEPProtector(SurrogatePGDProtector):
         steps: int = 30,
         step_size: float = 1 / 255,
         restarts: int = 1,
-        surrogate: str = "resnet18",
+        surrogate: str = "auto",
         surrogate_epochs: int = 30,
         surrogate_lr: float = 1e-3,
         surrogate_weight_decay: float = 0.0,

@@ -20,7 +20,7 @@ from monai.losses import DiceCELoss, DiceLoss
 from monai.networks.nets import UNet
 from tqdm.auto import tqdm
 
-from ..nets import get_classifier
+from ..nets import get_classifier, resolve_classifier
 from ..utils import MedueError
 from .base import Protector
 from .budget import project_linf
@@ -131,8 +131,9 @@ class SurrogatePGDProtector(Protector):
         steps: PGD steps per restart.
         step_size: PGD sign-step size in [0, 1] units.
         restarts: random restarts; the restart with the lowest final loss is kept per sample.
-        surrogate: classifier name (:func:`medue_monai.nets.get_classifier`); ignored for
-            segmentation (the MONAI UNet of :func:`build_segmenter`).
+        surrogate: classifier name (:func:`medue_monai.nets.get_classifier`) or ``"auto"`` (ResNet-18 on a
+            GPU, ``smallcnn`` on a CPU, :func:`medue_monai.nets.resolve_classifier`); ignored for segmentation
+            (the MONAI UNet of :func:`build_segmenter`).
         surrogate_epochs: epochs of clean surrogate training.
         surrogate_lr: Adam learning rate (cosine-annealed to 0 over the epochs).
         surrogate_weight_decay: Adam weight decay.
@@ -159,7 +160,7 @@ class SurrogatePGDProtector(Protector):
         steps: int = 250,
         step_size: float = 0.4 / 255,
         restarts: int = 1,
-        surrogate: str = "resnet18",
+        surrogate: str = "auto",
         surrogate_epochs: int = 20,
         surrogate_lr: float = 1e-3,
         surrogate_weight_decay: float = 0.0,
@@ -193,7 +194,7 @@ class SurrogatePGDProtector(Protector):
         self.steps = int(steps)
         self.step_size = float(step_size)
         self.restarts = int(restarts)
-        self.surrogate_name = surrogate
+        self.surrogate_name = surrogate if self.task == "segmentation" else resolve_classifier(surrogate, self.device)
         self.surrogate_epochs = int(surrogate_epochs)
         self.surrogate_lr = float(surrogate_lr)
         self.surrogate_weight_decay = float(surrogate_weight_decay)

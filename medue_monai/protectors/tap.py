@@ -35,7 +35,8 @@ class TAPProtector(SurrogatePGDProtector):
         steps: PGD steps per restart.
         step_fraction: PGD step size as a fraction of ``eps``.
         restarts: random restarts (the restart with the lowest target loss is kept per image).
-        surrogate: surrogate classifier name (:func:`medue_monai.nets.get_classifier`).
+        surrogate: surrogate classifier name (:func:`medue_monai.nets.get_classifier`) or ``"auto"``
+            (ResNet-18 on a GPU, ``smallcnn`` on a CPU).
         surrogate_epochs: epochs of clean surrogate training.
         surrogate_lr: Adam learning rate of the surrogate (cosine-annealed).
         surrogate_weight_decay: Adam weight decay of the surrogate.
@@ -56,7 +57,7 @@ class TAPProtector(SurrogatePGDProtector):
         steps: int = 250,
         step_fraction: float = 0.05,
         restarts: int = 1,
-        surrogate: str = "resnet18",
+        surrogate: str = "auto",
         surrogate_epochs: int = 20,
         surrogate_lr: float = 1e-3,
         surrogate_weight_decay: float = 0.0,
