@@ -46,6 +46,7 @@ import medue_monai.protectors.lsp  # noqa: F401
 import medue_monai.protectors.sep  # noqa: F401
 import medue_monai.protectors.tap  # noqa: F401
 from medue_monai import __version__
+from medue_monai.evaluation.recipes import get_recipe
 from medue_monai.pipeline.classification import evaluate_classification, protect_classification
 from medue_monai.utils import resolve_device
 
@@ -146,6 +147,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         f"Device: {machine['device']} ({machine['gpu'] or machine['processor']}), "
         f"seed {report['seed']}, {report['date']}, medue-monai {machine['medue_monai']}.",
         f"Command: `{report['command']}`",
+        *[f"Resumed from: `{e['command']}` ({e['date']})" for e in report.get("earlier_commands", [])],
         "",
         "Clean-test accuracy (%) of the exploiter trained on each protected training split (lower is better "
         "protection). Paper: SALM paper Table 1 (ResNet-18, 28x28; AdvT = TAP, SP = LSP; no AR/SEP column).",
@@ -214,10 +216,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "results": {},
     }
     if args.resume and json_path.is_file():
-        report["results"] = json.loads(json_path.read_text()).get("results", {})
+        earlier_report = json.loads(json_path.read_text())
+        report["results"] = earlier_report.get("results", {})
+        report["earlier_commands"] = [
+            *earlier_report.get("earlier_commands", []),
+            {"command": earlier_report.get("command"), "date": earlier_report.get("date")},
+        ]
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="medue-baselines-"))
-    clean_runs: list[dict[str, Any]] = []
-    reused_clean: dict[str, Any] | None = None  # the first clean-trained run, reused unless --retrain-clean
+    clean_runs: list[dict[str, Any]] = list(report["results"].get("clean", {}).get("repetitions", []))
+    # the first clean-trained run, reused unless --retrain-clean (on --resume: the earlier run's, when found)
+    reused_clean: dict[str, Any] | None = None
+    if args.resume and not args.retrain_clean:
+        reused_clean = _stored_clean_run(work, dataset, report, args)
     for method in methods:
         if method == "clean" or method in report["results"]:
             continue
@@ -294,6 +304,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     write_markdown(report, md_path)
     print(f"[baselines] wrote {json_path} and {md_path}")
     return report
+
+
+def _stored_clean_run(work: Path, dataset: str, report: dict[str, Any], args: argparse.Namespace) -> dict | None:
+    """The clean-trained run of an earlier, resumed invocation, read from a finished method's results.json.
+
+    Only a run of the same recipe, exploiter, epochs and seed qualifies (``evaluate_classification`` checks
+    the epochs again).
+    """
+    for method in report["results"]:
+        path = work / f"{dataset}_{method}_seed{args.seed}" / "results.json"
+        if method == "clean" or not path.is_file():
+            continue
+        earlier = json.loads(path.read_text())
+        recipe = get_recipe(args.recipe, epochs=args.epochs)
+        same = (
+            earlier.get("exploiter") == (args.exploiter or recipe["network"])
+            and earlier.get("seed") == args.seed
+            and earlier.get("recipe", {}).get("name", args.recipe) == args.recipe
+            and earlier.get("recipe", {}).get("epochs") == recipe["epochs"]
+        )
+        if same and "clean" in earlier.get("curves", {}):
+            print(f"[baselines] reusing the clean-trained run stored in {path}", flush=True)
+            return {**earlier["clean"], "curves": earlier["curves"]["clean"]}
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
