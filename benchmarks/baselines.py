@@ -153,8 +153,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "protection). Paper: SALM paper Table 1 (ResNet-18, 28x28; AdvT = TAP, SP = LSP; no AR/SEP column).",
         "",
         "| method | ours: test acc. | paper | PSNR (dB) | norm | budget | realized max "
-        "| protect s | evaluate s | peak RSS MB | peak GPU MB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| protect s | protect img/s | evaluate s | peak RSS MB | peak GPU MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for method in report["methods"]:
         row = report["results"].get(method)
@@ -175,6 +175,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                     _fmt(budget.get("budget"), 4),
                     _fmt(realized_max, 4),
                     _fmt(row.get("protect_seconds")),
+                    _fmt(row.get("protect_images_per_second")),
                     _fmt(row.get("evaluate_seconds")),
                     _fmt((row.get("memory") or {}).get("peak_rss_mb_since_start"), 0),
                     _fmt((row.get("memory") or {}).get("peak_gpu_mb"), 0),
@@ -279,6 +280,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "options": manifest.get("options", method_options),
             "timing": manifest.get("timing"),
             "protect_seconds": protect_seconds,
+            "protect_images_per_second": manifest["counts"]["train"] / protect_seconds,
             "evaluate_seconds": evaluate_seconds,
             "memory": memory,
             "commands": _cli_commands(args, method, method_options, folder),
