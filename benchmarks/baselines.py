@@ -1,23 +1,40 @@
-"""Benchmark every classification protector (clean, EM, TAP, LSP, AR, SEP, SALM) on one MedMNIST set.
+"""Benchmark every protector of a task on one dataset in one table, beside the papers' numbers.
+
+Classification: clean, EM, TAP, LSP, AR, SEP and SALM; segmentation: clean, EM, TAP, LSP, AR, SEP and UMed.
+
+The task follows the recipe: ``cls-quick`` / ``cls-paper`` take a MedMNIST set (``medmnist:<name>`` or an
+npz); ``seg-quick`` / ``seg-paper`` take a segmentation folder (``images/`` + ``masks/``) or a MONAI
+datalist. For segmentation the method names map to the segmentation protectors (``em`` -> ``em-seg``,
+``tap`` -> ``tap-seg``, ``lsp`` -> ``lsp-seg``, ``ar`` -> ``ar-seg``, ``sep`` -> ``sep-seg``; ``em-contour`` and
+``em-roi`` are the UMed paper's ablations ``em-seg-contour`` / ``em-seg-roi``).
 
 Each method goes through the same pipeline as ``medue protect`` / ``medue evaluate``: fit on the
-training split, write the quantized protected npz, read it back, train the exploiter on it and on
+training split, write the quantized protected copy, read it back, train the exploiter on it and on
 the clean split with the same recipe and seed, test both on the clean test split. Per method it
 records the wall time of protection and of evaluation, the peak memory, the budget and realized
 norms, the command line, the machine, the seed and the date, into
 ``benchmarks/results/baselines_<dataset>_<device>.json`` (rewritten after every method, so an
 interrupted run keeps what it finished and ``--resume`` skips it) and a markdown table beside it
-with the SALM paper's numbers (its Table 1: ResNet-18 on 28x28 MedMNIST; AdvT = TAP, SP = LSP;
-the paper has no AR or SEP column).
+with the papers' numbers: for classification the SALM paper's Table 1 (ResNet-18 on 28x28
+MedMNIST; AdvT = TAP, SP = LSP; no AR or SEP column), for segmentation the UMed paper's Table 1
+(U-Net exploiter; Dice and Jaccard).
 
 The "clean" row is the clean-trained exploiter: trained once (same recipe and seed as every protected
 run) and reused by every method's evaluation; with ``--retrain-clean`` each evaluation trains it again
-and the JSON keeps every repetition.
+and the JSON keeps every repetition. ``--reuse METHOD=RESULTS.json`` takes a method's row (and the
+clean run) from an earlier ``medue evaluate`` results file of the same dataset, split, recipe,
+exploiter and seed instead of protecting and training again; the row records where it came from.
 
 Example (GPU, the paper-like recipe)::
 
     python benchmarks/baselines.py --data medmnist:breastmnist --data-root ../shared/data/medmnist \\
         --recipe cls-paper --device cuda
+
+Segmentation (Kvasir-SEG at 128x128, UNet exploiter; the clean and UMed rows taken from an earlier
+seg-quick evaluation)::
+
+    python benchmarks/baselines.py --data ../shared/data/kvasir-seg --recipe seg-quick \\
+        --methods clean,lsp,ar,em,tap,sep,umed --reuse umed=benchmarks/results/seg_quick_cpu_unet.json
 
 CPU smoke run (tiny; numbers are meaningless)::
 
@@ -48,9 +65,34 @@ import medue_monai.protectors.tap  # noqa: F401
 from medue_monai import __version__
 from medue_monai.evaluation.recipes import get_recipe
 from medue_monai.pipeline.classification import evaluate_classification, protect_classification
+from medue_monai.pipeline.segmentation import evaluate_segmentation, protect_segmentation
 from medue_monai.utils import resolve_device
 
-METHODS = ("clean", "em", "tap", "lsp", "ar", "sep", "salm")
+METHODS = {
+    "classification": ("clean", "em", "tap", "lsp", "ar", "sep", "salm"),
+    "segmentation": ("clean", "em", "tap", "lsp", "ar", "sep", "umed", "em-contour", "em-roi"),
+}
+# benchmark method name -> registered protector, per task
+PROTECTORS = {
+    "classification": {name: name for name in METHODS["classification"]},
+    "segmentation": {
+        "em": "em-seg",
+        "tap": "tap-seg",
+        "lsp": "lsp-seg",
+        "ar": "ar-seg",
+        "sep": "sep-seg",
+        "umed": "umed",
+        "em-contour": "em-seg-contour",
+        "em-roi": "em-seg-roi",
+    },
+}
+# run when --methods is not given: every method of the task but the segmentation ablations
+DEFAULT_METHODS = {
+    "classification": METHODS["classification"],
+    "segmentation": ("clean", "em", "tap", "lsp", "ar", "sep", "umed"),
+}
+# the score of a row, per task (percent; lower is better protection)
+SCORE = {"classification": "test_accuracy", "segmentation": "dice"}
 
 # SALM paper, Table 1: clean-test accuracy (%) of ResNet-18 trained on protected 28x28 MedMNIST.
 PAPER_TABLE1 = {
@@ -63,6 +105,18 @@ PAPER_TABLE1 = {
     "breastmnist": {"clean": 86.3, "tap": 44.9, "em": 46.2, "lsp": 50.0, "salm": 53.2},
     "bloodmnist": {"clean": 95.8, "tap": 19.6, "em": 30.5, "lsp": 30.5, "salm": 7.1},
     "tissuemnist": {"clean": 67.6, "tap": 19.7, "em": 17.4, "lsp": 7.3, "salm": 21.4},
+}
+
+# UMed paper, Table 1: clean-test Dice (%) of a U-Net trained on each protected training set.
+PAPER_UMED_TABLE1 = {
+    "busi": {"clean": 72.85, "em": 32.55, "tap": 34.77, "lsp": 34.16, "ar": 40.39, "sep": 35.47, "umed": 0.92},
+    "chest-x-ray": {"clean": 91.85, "em": 64.62, "tap": 92.32, "lsp": 89.85, "ar": 91.45, "sep": 90.29, "umed": 19.24},
+    "kvasir-seg": {"clean": 81.83, "em": 30.06, "tap": 25.84, "lsp": 64.38, "ar": 36.75, "sep": 63.45, "umed": 0.23},
+}
+PAPER_TABLES = {"classification": PAPER_TABLE1, "segmentation": PAPER_UMED_TABLE1}
+PAPER_NAMES = {
+    "classification": "SALM paper Table 1 (ResNet-18, 28x28; AdvT = TAP, SP = LSP; no AR/SEP column)",
+    "segmentation": "UMed paper Table 1 (U-Net exploiter, Dice)",
 }
 
 
@@ -110,13 +164,15 @@ def _machine(device: torch.device) -> dict[str, Any]:
     }
 
 
-def _cli_commands(args: argparse.Namespace, method: str, options: dict[str, Any], folder: Path) -> list[str]:
-    protect = ["medue", "protect", "--data", args.data, "--method", method, "--out", str(folder)]
+def _cli_commands(args: argparse.Namespace, protector: str, options: dict[str, Any], folder: Path) -> list[str]:
+    protect = ["medue", "protect", "--data", args.data, "--method", protector, "--out", str(folder)]
     protect += ["--seed", str(args.seed), "--device", args.device]
     if args.data_root:
         protect += ["--data-root", args.data_root]
     if args.limit:
         protect += ["--limit", str(args.limit)]
+    if args.task == "segmentation":
+        protect += ["--spatial-size", str(args.spatial_size)]
     for key, value in options.items():
         protect += ["--option", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
     evaluate = ["medue", "evaluate", "--protected", str(folder), "--recipe", args.recipe]
@@ -137,10 +193,13 @@ def _fmt(value: Any, digits: int = 1) -> str:
 
 
 def write_markdown(report: dict[str, Any], path: Path) -> None:
-    """Write the table of one report (ours beside the SALM paper's Table 1)."""
+    """Write the table of one report (ours beside the paper's table of its task)."""
     dataset = report["dataset"]
-    paper = PAPER_TABLE1.get(dataset, {})
+    task = report.get("task", "classification")
+    paper = PAPER_TABLES[task].get(dataset, {})
     machine = report["machine"]
+    score_title = "test acc." if task == "classification" else "Dice % (Jaccard %)"
+    unit = "Clean-test accuracy (%)" if task == "classification" else "Clean-test foreground Dice and Jaccard (%)"
     lines = [
         f"# Baselines on {dataset} ({report['recipe']}, exploiter {report['exploiter'] or 'recipe default'})",
         "",
@@ -149,13 +208,14 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         f"Command: `{report['command']}`",
         *[f"Resumed from: `{e['command']}` ({e['date']})" for e in report.get("earlier_commands", [])],
         "",
-        "Clean-test accuracy (%) of the exploiter trained on each protected training split (lower is better "
-        "protection). Paper: SALM paper Table 1 (ResNet-18, 28x28; AdvT = TAP, SP = LSP; no AR/SEP column).",
+        f"{unit} of the exploiter trained on each protected training split (lower is better "
+        f"protection). Paper: {PAPER_NAMES[task]}.",
         "",
-        "| method | ours: test acc. | paper | PSNR (dB) | norm | budget | realized max "
+        f"| method | ours: {score_title} | paper | PSNR (dB) | norm | budget | realized max "
         "| protect s | protect img/s | evaluate s | peak RSS MB | peak GPU MB |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    reused = []
     for method in report["methods"]:
         row = report["results"].get(method)
         if row is None:
@@ -163,13 +223,19 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         budget = row.get("budget") or {}
         realized = budget.get("realized") or {}
         realized_max = realized.get("linf_max") if budget.get("norm") == "linf" else realized.get("l2_max")
+        score = _fmt(row.get(SCORE[task]), 2 if task == "segmentation" else 1)
+        if task == "segmentation" and row.get("jaccard") is not None:
+            score += f" ({row['jaccard']:.2f})"
+        if row.get("reused_from"):
+            reused.append(f"{method}: `{row['reused_from']}`")
+            method = f"{method} (reused)"
         lines.append(
             "| "
             + " | ".join(
                 [
                     method,
-                    _fmt(row.get("test_accuracy")),
-                    _fmt(paper.get(method)),
+                    score,
+                    _fmt(paper.get(method.split(" ")[0])),
                     _fmt(row.get("psnr"), 2),
                     _fmt(budget.get("norm")),
                     _fmt(budget.get("budget"), 4),
@@ -183,41 +249,165 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
             )
             + " |"
         )
+    if reused:
+        lines += ["", "Rows taken from earlier evaluation results (`--reuse`): " + "; ".join(reused) + "."]
     lines.append("")
     path.write_text("\n".join(lines))
+
+
+def _dataset_name(data: str) -> str:
+    if data.startswith("medmnist:"):
+        return data.split(":", 1)[1].split(":", 1)[0] or "synthetic"
+    if data == "synthetic":
+        return "synthetic"
+    path = Path(data)
+    return path.stem if path.suffix in {".npz", ".json"} else path.name
+
+
+def _protect(args: argparse.Namespace, protector: str, options: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Fit ``protector`` and write its protected copy to ``folder`` (the ``medue protect`` code path)."""
+    common = {
+        "seed": args.seed,
+        "device": args.device,
+        "overwrite": True,
+        "limit": args.limit,
+        "data_root": args.data_root,
+        "batch_size": args.batch_size,
+        "num_workers": args.num_workers,
+        "progress": args.progress,
+    }
+    if args.task == "segmentation":
+        size = args.spatial_size
+        return protect_segmentation(args.data, str(folder), protector, options, spatial_size=size, **common)
+    return protect_classification(args.data, folder, protector, options, **common)
+
+
+def _evaluate(args: argparse.Namespace, folder: Path, clean_run: dict[str, Any] | None) -> dict[str, Any]:
+    """Train the exploiter on the protected copy read back from ``folder`` (the ``medue evaluate`` code path)."""
+    common = {
+        "epochs": args.epochs,
+        "output": folder / "results.json",
+        "device": args.device,
+        "seed": args.seed,
+        "num_workers": args.num_workers,
+        "progress": args.progress,
+        "clean_run": clean_run,
+    }
+    if args.task == "segmentation":
+        exploiter = args.exploiter or get_recipe(args.recipe)["network"]
+        common["output"] = str(common["output"])
+        return evaluate_segmentation(str(folder), args.recipe, exploiter, **common)
+    return evaluate_classification(folder, args.recipe, args.exploiter, **common)
+
+
+def _score_row(task: str, results: dict[str, Any]) -> dict[str, Any]:
+    """The protected and clean scores of one evaluation, as stored in a report row."""
+    if task == "segmentation":
+        return {
+            "dice": results["protected"]["dice"],
+            "jaccard": results["protected"]["jaccard"],
+            "clean_dice": results["clean"]["dice"],
+            "clean_jaccard": results["clean"]["jaccard"],
+        }
+    return {
+        "test_accuracy": results["protected"]["test_accuracy"],
+        "clean_test_accuracy": results["clean"]["test_accuracy"],
+    }
+
+
+def _clean_run_of(results: dict[str, Any]) -> dict[str, Any]:
+    """The reusable clean run of an evaluation: its scores, curves and (segmentation) split hash."""
+    run = {**results["clean"], "curves": results["curves"]["clean"]}
+    if "split_sha256" in results:
+        run["split_sha256"] = results["split_sha256"]
+    return run
+
+
+def _matches(earlier: dict[str, Any], args: argparse.Namespace, dataset: str) -> str | None:
+    """Why an earlier evaluation's results cannot stand in for this run (``None`` when they can)."""
+    recipe = get_recipe(args.recipe, epochs=args.epochs)
+    checks = {
+        "task": (earlier.get("task"), args.task),
+        "dataset": (earlier.get("dataset"), dataset),
+        "exploiter": (earlier.get("exploiter"), args.exploiter or recipe["network"]),
+        "seed": (earlier.get("seed"), args.seed),
+        "recipe": ((earlier.get("recipe") or {}).get("name"), args.recipe),
+        "epochs": ((earlier.get("recipe") or {}).get("epochs"), recipe["epochs"]),
+    }
+    wrong = [f"{key} {have!r} != {want!r}" for key, (have, want) in checks.items() if have != want]
+    return "; ".join(wrong) or None
+
+
+def _reused_row(task: str, method: str, path: Path, args: argparse.Namespace, dataset: str) -> dict[str, Any]:
+    """A report row built from an earlier ``medue evaluate`` results file (``--reuse METHOD=PATH``)."""
+    if not path.is_file():
+        raise SystemExit(f"--reuse {method}={path}: no such file")
+    earlier = json.loads(path.read_text())
+    reason = _matches(earlier, args, dataset)
+    if reason:
+        raise SystemExit(f"--reuse {method}={path}: another setting ({reason})")
+    if earlier.get("method") != PROTECTORS[task][method]:
+        raise SystemExit(f"--reuse {method}={path}: results of method {earlier.get('method')!r}")
+    return {
+        **_score_row(task, earlier),
+        "psnr": earlier["invisibility"].get("psnr"),
+        "invisibility": earlier["invisibility"],
+        "budget": {
+            "norm": earlier["budget"]["norm"],
+            "budget": earlier["budget"]["eps"],
+            "realized": {"linf_max": earlier["budget"]["linf_max"], "l0_share": earlier["budget"]["l0_share"]},
+        },
+        "evaluate_seconds": earlier.get("wall_seconds"),
+        "reused_from": str(path),
+        "clean_run": _clean_run_of(earlier),
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the methods and write the JSON and markdown reports; returns the report."""
     device = resolve_device(args.device)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = sorted(set(methods) - set(METHODS))
+    args.task = get_recipe(args.recipe)["task"]
+    task = args.task
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else list(DEFAULT_METHODS[task])
+    unknown = sorted(set(methods) - set(METHODS[task]))
     if unknown:
-        raise SystemExit(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+        raise SystemExit(f"unknown {task} methods {unknown}; choose from {', '.join(METHODS[task])}")
     options = _parse_options(args.option)
-    dataset = args.data.split(":", 1)[1] if args.data.startswith("medmnist:") else Path(args.data).stem
-    dataset = dataset.split(":", 1)[0] or "synthetic"
+    reuse = {}
+    for item in args.reuse or []:
+        method, _, path = item.partition("=")
+        if method not in METHODS[task] or method == "clean" or not path:
+            raise SystemExit(f"--reuse expects METHOD=RESULTS.json with METHOD one of {', '.join(METHODS[task][1:])}")
+        reuse[method] = Path(path)
+    dataset = _dataset_name(args.data)
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"{args.name or f'baselines_{dataset}_{device.type}'}.json"
     md_path = json_path.with_suffix(".md")
     report: dict[str, Any] = {
+        "task": task,
         "dataset": dataset,
         "data": args.data,
         "recipe": args.recipe,
         "exploiter": args.exploiter,
         "epochs": args.epochs,
+        "spatial_size": args.spatial_size if task == "segmentation" else None,
         "seed": args.seed,
         "limit": args.limit,
         "methods": methods,
         "command": shlex.join([sys.executable, *sys.argv]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": _machine(device),
-        "paper": PAPER_TABLE1.get(dataset, {}),
+        "paper": PAPER_TABLES[task].get(dataset, {}),
         "results": {},
     }
     if args.resume and json_path.is_file():
         earlier_report = json.loads(json_path.read_text())
+        earlier_report.setdefault("task", "classification")
+        setting = ("task", "dataset", "recipe", "exploiter", "epochs", "seed", "limit")
+        changed = [key for key in setting if earlier_report.get(key) != report[key]]
+        if changed:
+            raise SystemExit(f"--resume: {json_path} holds another setting ({', '.join(changed)}); use another --name")
         report["results"] = earlier_report.get("results", {})
         report["earlier_commands"] = [
             *earlier_report.get("earlier_commands", []),
@@ -229,51 +419,50 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     reused_clean: dict[str, Any] | None = None
     if args.resume and not args.retrain_clean:
         reused_clean = _stored_clean_run(work, dataset, report, args)
+
+    def save() -> None:
+        if "clean" in methods:
+            first = clean_runs[0] if clean_runs else None
+            report["results"]["clean"] = {
+                SCORE[task]: first[SCORE[task]] if first else None,
+                **({"jaccard": first["jaccard"]} if first and task == "segmentation" else {}),
+                "repetitions": clean_runs,
+                "psnr": None,
+                "budget": None,
+            }
+        json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        write_markdown(report, md_path)
+
+    for method, path in reuse.items():
+        row = _reused_row(task, method, path, args, dataset)
+        clean_run = row.pop("clean_run")
+        report["results"][method] = row
+        if reused_clean is None and not args.retrain_clean:
+            reused_clean = clean_run
+            clean_runs.append({"after": method, "reused_from": str(path), **clean_run})
+        print(f"[baselines] {method}: taken from {path}", flush=True)
+    save()
     for method in methods:
         if method == "clean" or method in report["results"]:
             continue
         method_options = options.get(method, {})
+        protector = PROTECTORS[task][method]
         folder = work / f"{dataset}_{method}_seed{args.seed}"
-        print(f"[baselines] {method}: protecting {args.data} -> {folder}", flush=True)
+        print(f"[baselines] {method}: protecting {args.data} with {protector} -> {folder}", flush=True)
         _reset_peak_memory(device)
         started = time.perf_counter()
-        manifest = protect_classification(
-            args.data,
-            folder,
-            method,
-            method_options,
-            seed=args.seed,
-            device=args.device,
-            overwrite=True,
-            limit=args.limit,
-            data_root=args.data_root,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            progress=args.progress,
-        )
+        manifest = _protect(args, protector, method_options, folder)
         protect_seconds = time.perf_counter() - started
         memory = _peak_memory(device)
         started = time.perf_counter()
-        results = evaluate_classification(
-            folder,
-            args.recipe,
-            args.exploiter,
-            epochs=args.epochs,
-            output=folder / "results.json",
-            device=args.device,
-            seed=args.seed,
-            num_workers=args.num_workers,
-            progress=args.progress,
-            clean_run=reused_clean,
-        )
+        results = _evaluate(args, folder, reused_clean)
         evaluate_seconds = time.perf_counter() - started
         if reused_clean is None:
-            clean_runs.append({"after": method, **results["clean"]})
+            clean_runs.append({"after": method, **_clean_run_of(results)})
             if not args.retrain_clean:
-                reused_clean = {**results["clean"], "curves": results["curves"]["clean"]}
+                reused_clean = _clean_run_of(results)
         report["results"][method] = {
-            "test_accuracy": results["protected"]["test_accuracy"],
-            "clean_test_accuracy": results["clean"]["test_accuracy"],
+            **_score_row(task, results),
             "psnr": results["invisibility"].get("psnr"),
             "invisibility": results["invisibility"],
             "budget": manifest.get("budget"),
@@ -283,71 +472,92 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "protect_images_per_second": manifest["counts"]["train"] / protect_seconds,
             "evaluate_seconds": evaluate_seconds,
             "memory": memory,
-            "commands": _cli_commands(args, method, method_options, folder),
+            "commands": _cli_commands(args, protector, method_options, folder),
             "output": str(folder),
         }
-        if "clean" in methods:
-            first = clean_runs[0] if clean_runs else None
-            report["results"]["clean"] = {
-                "test_accuracy": first["test_accuracy"] if first else None,
-                "repetitions": clean_runs,
-                "psnr": None,
-                "budget": None,
-            }
-        json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-        write_markdown(report, md_path)
+        save()
+        score = report["results"][method][SCORE[task]]
+        clean_score = results["clean"][SCORE[task]]
         print(
-            f"[baselines] {method}: protected {report['results'][method]['test_accuracy']:.1f}% "
-            f"(clean {results['clean']['test_accuracy']:.1f}%), protect {protect_seconds:.1f}s, "
+            f"[baselines] {method}: protected {score:.2f}% (clean {clean_score:.2f}%), protect {protect_seconds:.1f}s, "
             f"evaluate {evaluate_seconds:.1f}s",
             flush=True,
         )
-    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    write_markdown(report, md_path)
+    save()
     print(f"[baselines] wrote {json_path} and {md_path}")
     return report
 
 
 def _stored_clean_run(work: Path, dataset: str, report: dict[str, Any], args: argparse.Namespace) -> dict | None:
-    """The clean-trained run of an earlier, resumed invocation, read from a finished method's results.json.
+    """The clean-trained run of an earlier, resumed invocation.
 
-    Only a run of the same recipe, exploiter, epochs and seed qualifies (``evaluate_classification`` checks
-    the epochs again).
+    Looked up first in the report's clean repetitions (``run`` resumes only a report of the same
+    setting; repetitions are stored with their curves), then in a finished method's ``results.json``
+    under the work folder. Only a run of the same task, dataset, recipe, exploiter, epochs and seed
+    qualifies (the evaluation checks the epochs, and for segmentation the split, again).
     """
+    for repetition in report["results"].get("clean", {}).get("repetitions", []):
+        if "curves" in repetition:
+            print("[baselines] reusing the clean-trained run stored in the results JSON", flush=True)
+            return {k: v for k, v in repetition.items() if k not in {"after", "reused_from"}}
     for method in report["results"]:
         path = work / f"{dataset}_{method}_seed{args.seed}" / "results.json"
         if method == "clean" or not path.is_file():
             continue
         earlier = json.loads(path.read_text())
-        recipe = get_recipe(args.recipe, epochs=args.epochs)
-        same = (
-            earlier.get("exploiter") == (args.exploiter or recipe["network"])
-            and earlier.get("seed") == args.seed
-            and earlier.get("recipe", {}).get("name", args.recipe) == args.recipe
-            and earlier.get("recipe", {}).get("epochs") == recipe["epochs"]
-        )
-        if same and "clean" in earlier.get("curves", {}):
+        earlier.setdefault("task", args.task)
+        earlier.setdefault("dataset", dataset)
+        if _matches(earlier, args, dataset) is None and "clean" in earlier.get("curves", {}):
             print(f"[baselines] reusing the clean-trained run stored in {path}", flush=True)
-            return {**earlier["clean"], "curves": earlier["curves"]["clean"]}
+            return _clean_run_of(earlier)
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options (every one with its default in its help)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="medmnist:breastmnist", help="medmnist:<name>, an npz path or synthetic")
-    parser.add_argument("--data-root", default=None, help="folder with MedMNIST npz files")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
-    parser.add_argument("--recipe", default="cls-quick", help="exploiter recipe (cls-quick, cls-paper)")
+    parser.add_argument(
+        "--data",
+        default="medmnist:breastmnist",
+        help="medmnist:<name>, an npz path or synthetic (classification); a folder with images/ + masks/ or a "
+        "datalist JSON (segmentation) (default: medmnist:breastmnist)",
+    )
+    parser.add_argument("--data-root", default=None, help="folder with MedMNIST npz files (default: none)")
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated subset of the task's methods: "
+        + "; ".join(f"{task}: {','.join(names)}" for task, names in METHODS.items())
+        + " (default: every method of the task except the segmentation ablations em-contour and em-roi)",
+    )
+    parser.add_argument(
+        "--recipe",
+        default="cls-quick",
+        help="exploiter recipe; its task picks the methods (cls-quick, cls-paper, "
+        "seg-quick, seg-paper; default: cls-quick)",
+    )
     parser.add_argument("--exploiter", default=None, help="exploiter network (default: the recipe's)")
-    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (default: recipe's)")
+    parser.add_argument("--spatial-size", type=int, default=128, help="segmentation working size (default: 128)")
     parser.add_argument("--option", action="append", metavar="METHOD.key=VALUE", help="a method option (repeatable)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--limit", type=int, default=None, help="protect only the first N training items")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument(
+        "--reuse",
+        action="append",
+        metavar="METHOD=RESULTS.json",
+        help="take METHOD's row and the clean run from an earlier `medue evaluate` results file of the same "
+        "setting instead of running it (repeatable; default: none)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of split, protectors and exploiters (default: 0)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (default: auto)")
+    parser.add_argument("--limit", type=int, default=None, help="protect only the first N items (default: all)")
+    parser.add_argument("--batch-size", type=int, default=None, help="protector batch size (default: its own)")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default: 0)")
     parser.add_argument("--work-dir", default=None, help="where protected copies go (default: a temp folder)")
-    parser.add_argument("--output-dir", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument(
+        "--output-dir",
+        default=str(Path(__file__).resolve().parent / "results"),
+        help="results folder (default: benchmarks/results)",
+    )
     parser.add_argument("--resume", action="store_true", help="keep methods already in the results JSON")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
     parser.add_argument(
@@ -356,7 +566,11 @@ def main(argv: list[str] | None = None) -> int:
         help="train the clean exploiter again for every method (default: train it once, reuse it)",
     )
     parser.add_argument("--name", default=None, help="stem of the result files (default: baselines_<dataset>_<device>)")
-    run(parser.parse_args(argv))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(build_parser().parse_args(argv))
     return 0
 
 

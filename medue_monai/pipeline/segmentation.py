@@ -11,6 +11,8 @@ percent).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -413,6 +415,7 @@ def evaluate_segmentation(
     num_workers: int = 0,
     progress: bool = True,
     data_root: str | None = None,
+    clean_run: dict[str, Any] | None = None,
 ) -> dict:
     """Train an exploiter on the protected train split (read back from disk) and on the clean one.
 
@@ -430,13 +433,18 @@ def evaluate_segmentation(
         num_workers: DataLoader workers.
         progress: show progress bars.
         data_root: where to find the clean source when its recorded path is gone.
+        clean_run: the clean-trained run of an earlier evaluation of the SAME source, split, recipe,
+            exploiter and seed (its ``clean`` entry plus ``curves``: ``{**results["clean"], "curves":
+            results["curves"]["clean"]}``), reused instead of training it again (benchmarks that
+            compare several protectors of one dataset); ``None`` trains it.
 
     Returns:
         Results with ``clean`` / ``protected`` ``{"dice", "jaccard"}`` (%), ``invisibility``,
-        ``budget`` and ``curves``.
+        ``budget``, ``curves`` and ``split_sha256`` (hash of the train/test ids, to match runs).
 
     Raises:
-        MedueError: not a segmentation output, unknown recipe / exploiter, missing files.
+        MedueError: not a segmentation output, unknown recipe / exploiter, missing files, or a
+            ``clean_run`` trained for another number of epochs or on another split.
     """
     folder = Path(protected)
     manifest = read_manifest(folder)
@@ -447,6 +455,15 @@ def evaluate_segmentation(
         raise MedueError(f"recipe {recipe!r} is for {recipe_config['task']}, not segmentation")
     if exploiter not in EXPLOITERS:
         raise MedueError(f"unknown segmentation exploiter {exploiter!r}; choose from {', '.join(EXPLOITERS)}")
+    split_sha256 = hashlib.sha256(json.dumps(manifest["split"], sort_keys=True).encode()).hexdigest()
+    if clean_run is not None:
+        trained_epochs = len(clean_run.get("curves", {}).get("test_dice", []))
+        if trained_epochs != int(recipe_config["epochs"]):
+            raise MedueError(
+                f"clean_run was trained for {trained_epochs} epochs, this evaluation uses {recipe_config['epochs']}"
+            )
+        if clean_run.get("split_sha256", split_sha256) != split_sha256:
+            raise MedueError(f"clean_run was trained on another train/test split than the one of {folder}")
     dataset_info = manifest["dataset"]
     source_path = Path(dataset_info["path"])
     if not source_path.exists() and data_root is not None:
@@ -465,7 +482,11 @@ def evaluate_segmentation(
     torch_device = resolve_device(device)
     started = time.perf_counter()
     runs = {}
-    for name, records in (("clean", clean_train_records), ("protected", protected_records)):
+    splits = [("clean", clean_train_records), ("protected", protected_records)]
+    if clean_run is not None:
+        runs["clean"] = {k: v for k, v in clean_run.items() if k != "split_sha256"}
+        splits = splits[1:]
+    for name, records in splits:
         train = SegmentationDataset(records, size, channels, cache=True).preload(threads)
         runs[name] = train_segmentation_exploiter(
             recipe_config,
@@ -500,6 +521,8 @@ def evaluate_segmentation(
             "l0_share": realized["l0_share"],
         },
         "curves": {name: run["curves"] for name, run in runs.items()},
+        "split_sha256": split_sha256,
+        "reused_clean_run": clean_run is not None,
         "wall_seconds": time.perf_counter() - started,
     }
     if output is not None:

@@ -1,0 +1,97 @@
+"""The baselines benchmark script in its segmentation mode, on a tiny synthetic folder (numbers meaningless)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from medue_monai.data.segmentation import make_synthetic_segmentation
+from medue_monai.pipeline.segmentation import evaluate_segmentation
+from medue_monai.utils import MedueError
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "baselines.py"
+
+
+def _baselines_module():
+    spec = importlib.util.spec_from_file_location("baselines_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory):
+    """One segmentation table (clean, LSP, AR) with a 1-epoch UNet exploiter."""
+    root = tmp_path_factory.mktemp("bench")
+    source = make_synthetic_segmentation(root / "seg", num_items=10, size=32, seed=0)
+    baselines = _baselines_module()
+    common = ["--data", str(source), "--recipe", "seg-quick", "--epochs", "1", "--spatial-size", "32"]
+    common += ["--device", "cpu", "--output-dir", str(root / "results"), "--work-dir", str(root / "work")]
+    report = baselines.run(baselines_args(baselines, [*common, "--methods", "clean,lsp,ar", "--name", "first"]))
+    return baselines, root, common, report
+
+
+def baselines_args(module, argv):
+    return module.build_parser().parse_args(argv)
+
+
+def test_segmentation_table_runs_every_method_through_the_segmentation_protectors(seg_run):
+    _, root, _, report = seg_run
+    assert report["task"] == "segmentation" and report["dataset"] == "seg"
+    rows = report["results"]
+    assert set(rows) == {"clean", "lsp", "ar"}
+    for method, protector in (("lsp", "lsp-seg"), ("ar", "ar-seg")):
+        manifest = json.loads((Path(rows[method]["output"]) / "manifest.json").read_text())
+        assert manifest["method"] == protector
+        assert rows[method]["budget"]["norm"] == "l2"
+        assert 0 <= rows[method]["dice"] <= 100 and 0 <= rows[method]["jaccard"] <= 100
+    # the clean exploiter is trained once (after the first method) and reused by the second
+    assert len(rows["clean"]["repetitions"]) == 1
+    assert rows["ar"]["clean_dice"] == rows["lsp"]["clean_dice"] == rows["clean"]["dice"]
+    table = (root / "results" / "first.md").read_text()
+    assert "Dice % (Jaccard %)" in table and "| lsp |" in table and "UMed paper Table 1" in table
+
+
+def test_reuse_takes_a_row_and_its_clean_run_from_earlier_results(seg_run):
+    baselines, root, common, first = seg_run
+    lsp_results = Path(first["results"]["lsp"]["output"]) / "results.json"
+    argv = [*common, "--methods", "clean,lsp", "--name", "second", "--reuse", f"lsp={lsp_results}"]
+    report = baselines.run(baselines_args(baselines, argv))
+    row = report["results"]["lsp"]
+    assert row["reused_from"] == str(lsp_results) and row["dice"] == first["results"]["lsp"]["dice"]
+    assert report["results"]["clean"]["repetitions"][0]["reused_from"] == str(lsp_results)
+    assert "(reused)" in (root / "results" / "second.md").read_text()
+    # results of another method, or of another recipe length, are refused
+    with pytest.raises(SystemExit, match="results of method 'lsp-seg'"):
+        baselines.run(baselines_args(baselines, [*common, "--name", "x", "--reuse", f"ar={lsp_results}"]))
+    other = [a if a != "1" else "2" for a in common]
+    with pytest.raises(SystemExit, match="epochs 1 != 2"):
+        baselines.run(baselines_args(baselines, [*other, "--name", "x", "--reuse", f"lsp={lsp_results}"]))
+
+
+def test_resume_refuses_a_report_of_another_setting(seg_run):
+    baselines, _, common, _ = seg_run
+    other = [a if a != "1" else "2" for a in common]
+    with pytest.raises(SystemExit, match="another setting"):
+        baselines.run(baselines_args(baselines, [*other, "--methods", "clean,lsp", "--name", "first", "--resume"]))
+
+
+def test_segmentation_evaluation_checks_a_reused_clean_run(seg_run):
+    _, _, _, report = seg_run
+    folder = report["results"]["lsp"]["output"]
+    results = json.loads((Path(folder) / "results.json").read_text())
+    clean_run = {**results["clean"], "curves": results["curves"]["clean"], "split_sha256": results["split_sha256"]}
+    reused = evaluate_segmentation(
+        folder, "seg-quick", "unet", epochs=1, device="cpu", progress=False, clean_run=clean_run
+    )
+    assert reused["clean"] == results["clean"] and reused["reused_clean_run"] is True
+    assert reused["protected"] == pytest.approx(results["protected"])
+    with pytest.raises(MedueError, match="trained for 1 epochs"):
+        evaluate_segmentation(folder, "seg-quick", "unet", epochs=2, device="cpu", clean_run=clean_run)
+    with pytest.raises(MedueError, match="another train/test split"):
+        evaluate_segmentation(
+            folder, "seg-quick", "unet", epochs=1, device="cpu", clean_run={**clean_run, "split_sha256": "0"}
+        )
