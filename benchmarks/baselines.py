@@ -226,8 +226,9 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         score = _fmt(row.get(SCORE[task]), 2 if task == "segmentation" else 1)
         if task == "segmentation" and row.get("jaccard") is not None:
             score += f" ({row['jaccard']:.2f})"
-        if row.get("reused_from"):
-            reused.append(f"{method}: `{row['reused_from']}`")
+        source = row.get("reused_from") or (row.get("repetitions") or [{}])[0].get("reused_from")
+        if source:
+            reused.append(f"{method}: `{source}`")
             method = f"{method} (reused)"
         lines.append(
             "| "
@@ -235,7 +236,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                 [
                     method,
                     score,
-                    _fmt(paper.get(method.split(" ")[0])),
+                    _fmt(paper.get(method.split(" ")[0]), 2 if task == "segmentation" else 1),
                     _fmt(row.get("psnr"), 2),
                     _fmt(budget.get("norm")),
                     _fmt(budget.get("budget"), 4),
@@ -433,6 +434,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
         write_markdown(report, md_path)
 
+    if args.clean_from and not args.retrain_clean and reused_clean is None:
+        path = Path(args.clean_from)
+        if not path.is_file():
+            raise SystemExit(f"--clean-from {path}: no such file")
+        earlier = json.loads(path.read_text())
+        reason = _matches(earlier, args, dataset)
+        if reason:
+            raise SystemExit(f"--clean-from {path}: another setting ({reason})")
+        reused_clean = _clean_run_of(earlier)
+        clean_runs.append({"after": None, "reused_from": str(path), **reused_clean})
+        print(f"[baselines] clean-trained run taken from {path}", flush=True)
     for method, path in reuse.items():
         row = _reused_row(task, method, path, args, dataset)
         clean_run = row.pop("clean_run")
@@ -546,6 +558,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="METHOD=RESULTS.json",
         help="take METHOD's row and the clean run from an earlier `medue evaluate` results file of the same "
         "setting instead of running it (repeatable; default: none)",
+    )
+    parser.add_argument(
+        "--clean-from",
+        default=None,
+        metavar="RESULTS.json",
+        help="take only the clean-trained run from an earlier `medue evaluate` results file of the same setting "
+        "(dataset, split, recipe, epochs, exploiter, seed; default: train it)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of split, protectors and exploiters (default: 0)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (default: auto)")

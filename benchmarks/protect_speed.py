@@ -6,7 +6,11 @@ Each configuration runs in its own process (so peak RSS is its own), e.g.::
         --config salm: --config em: --config "salm-1epoch:salm:epochs=1" \
         --out benchmarks/results/protect_speed_cpu.json
 
-A config is ``NAME:METHOD[:OPT=VAL,...]`` (options as for ``--option``).
+A config is ``NAME:METHOD[:OPT=VAL,...]`` (options as for ``--option``). Segmentation folders take
+``--spatial-size``, e.g. UMed's per-epoch cost on Kvasir-SEG at 128x128::
+
+    python benchmarks/protect_speed.py --data ../shared/data/kvasir-seg --spatial-size 128 \
+        --config "umed-2-epochs:umed:epochs=2" --out benchmarks/results/protect_speed_umed_cpu.json
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", action="append", required=True, help="NAME:METHOD[:OPT=VAL,...] (repeatable)")
     parser.add_argument("--device", default="cpu", help="device (default: cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    parser.add_argument(
+        "--spatial-size", type=int, default=None, help="working size for segmentation data (default: the CLI's)"
+    )
     parser.add_argument("--out", required=True, help="results JSON (appended to when it exists)")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -58,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                 str(args.seed),
                 "--no-progress",
             ]
+            if args.spatial_size is not None:
+                command += ["--spatial-size", str(args.spatial_size)]
             for option in options:
                 command += ["--option", option]
             started = time.perf_counter()
@@ -77,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                 "device": args.device,
             },
             "seed": args.seed,
+            "spatial_size": args.spatial_size,
             "wall_seconds": wall,
             "fit_seconds": manifest["timing"]["fit_seconds"],
             "train_images": manifest["counts"]["train"],

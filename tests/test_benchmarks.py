@@ -95,3 +95,16 @@ def test_segmentation_evaluation_checks_a_reused_clean_run(seg_run):
         evaluate_segmentation(
             folder, "seg-quick", "unet", epochs=1, device="cpu", clean_run={**clean_run, "split_sha256": "0"}
         )
+
+
+def test_clean_from_takes_only_the_clean_run(seg_run):
+    baselines, _, common, first = seg_run
+    lsp_results = Path(first["results"]["lsp"]["output"]) / "results.json"
+    argv = [*common, "--methods", "clean,ar", "--name", "third", "--clean-from", str(lsp_results)]
+    report = baselines.run(baselines_args(baselines, argv))
+    assert set(report["results"]) == {"clean", "ar"}
+    assert report["results"]["clean"]["repetitions"][0]["reused_from"] == str(lsp_results)
+    assert report["results"]["ar"]["clean_dice"] == first["results"]["clean"]["dice"]
+    other = [a if a != "1" else "2" for a in common]
+    with pytest.raises(SystemExit, match="--clean-from .*epochs 1 != 2"):
+        baselines.run(baselines_args(baselines, [*other, "--name", "y", "--clean-from", str(lsp_results)]))
