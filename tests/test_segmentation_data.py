@@ -125,6 +125,28 @@ def test_protect_writes_pngs_at_original_size(tmp_path) -> None:
         protect_segmentation(str(root), str(root / "x"), "umed", TINY, spatial_size=16, device="cpu", progress=False)
 
 
+@pytest.mark.parametrize("method", ["lsp-seg", "ar-seg"])
+def test_l2_methods_record_their_realized_norms(tmp_path, method) -> None:
+    """The manifest of an L2 method records the norm, the budget and the realized L2 norms: at the working
+    size within the budget, and on the written files (rescaled to the working size) close to it."""
+    root = _make_folder(tmp_path / "d", n=5)
+    out = tmp_path / "out"
+    manifest = protect_segmentation(str(root), str(out), method, {}, spatial_size=16, device="cpu", progress=False)
+    budget = manifest["budget"]
+    realized = budget["realized"]
+    assert budget["norm"] == "l2" and budget["budget"] > 0
+    assert 0 < realized["l2_mean"] <= realized["l2_max"] <= budget["budget"] * (1 + 1e-5)
+    # measured again from the written PNGs (original size, rescaled): resizing and 8-bit rounding only
+    norms = []
+    for item_id in manifest["split"]["train"]:
+        original = read_image_array(root / "images" / f"{item_id}.png").astype(float)
+        written = np.array(Image.open(out / "images" / f"{item_id}.png")).astype(float)
+        norms.append(np.linalg.norm((written - original) / 255.0) * np.sqrt(16 * 16 / original[..., 0].size))
+    assert realized["l2_written_max"] == pytest.approx(max(norms), rel=1e-6)
+    assert realized["l2_written_mean"] == pytest.approx(np.mean(norms), rel=1e-6)
+    assert max(norms) <= 1.25 * budget["budget"]
+
+
 def test_kvasir_subset(shared_data, tmp_path) -> None:
     root = shared_data / "kvasir-seg"
     if not root.is_dir():

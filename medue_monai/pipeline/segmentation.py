@@ -67,12 +67,28 @@ class _BudgetAccumulator:
     PSNR comes from the pooled MSE over all pixels, SSIM is the per-image mean, ``l0_share`` the share
     of pixel positions where any channel changed, ``linf_max`` the largest change in [0, 1] units.
     Pairs are summarized by :func:`_pair_stats` (cheap, in the writer threads) and then added here.
+
+    L2 norms (in [0, 1] units, added with :meth:`add_l2`): an L2 budget is defined at the protector's
+    working size (``C x S x S`` values), where the protector projects its delta. ``l2_max`` /
+    ``l2_mean`` are the per-image ``||delta||_2`` there; ``l2_written_max`` / ``l2_written_mean`` measure
+    the written file at its original size (``C x H x W``) and rescale to the working size,
+    ``||x_written - x||_2 * sqrt(C S^2 / (C H W))``, so they compare with the same budget (resizing
+    and 8-bit rounding make them differ a little from the working-size norms).
     """
 
     def __init__(self, ssim: bool) -> None:
         self.ssim = ssim
         self.squared, self.count, self.changed, self.positions, self.largest = 0, 0, 0, 0, 0
         self.ssims: list[float] = []
+        self.l2_images, self.l2_sum, self.l2_max, self.written_l2_sum, self.written_l2_max = 0, 0.0, 0.0, 0.0, 0.0
+
+    def add_l2(self, working_l2: float, written_l2: float) -> None:
+        """Add one image's working-size delta norm and its written-file norm rescaled to the working size."""
+        self.l2_images += 1
+        self.l2_sum += working_l2
+        self.l2_max = max(self.l2_max, working_l2)
+        self.written_l2_sum += written_l2
+        self.written_l2_max = max(self.written_l2_max, written_l2)
 
     def add(self, clean: np.ndarray, written: np.ndarray) -> None:
         """Add one pair (computes its statistics, and SSIM when enabled)."""
@@ -96,6 +112,11 @@ class _BudgetAccumulator:
             "linf_max": self.largest / 255.0,
             "l0_share": self.changed / max(self.positions, 1),
         }
+        if self.l2_images:
+            result["l2_max"] = self.l2_max
+            result["l2_mean"] = self.l2_sum / self.l2_images
+            result["l2_written_max"] = self.written_l2_max
+            result["l2_written_mean"] = self.written_l2_sum / self.l2_images
         if self.ssim:
             result["ssim"] = float(np.mean(self.ssims)) if self.ssims else 1.0
         return result
@@ -194,19 +215,22 @@ def protect_segmentation(
             image = resize_image(original, spatial_size, channels)
             return original, image, resize_mask(read_mask_array(record.label), spatial_size)
 
-        def write_one(args: tuple[SegmentationRecord, np.ndarray, torch.Tensor]) -> tuple[int, ...]:
+        def write_one(args: tuple[SegmentationRecord, np.ndarray, torch.Tensor]) -> tuple[tuple[int, ...], float]:
             record, original, delta_row = args
             written = apply_delta_uint8(original, delta_row, eps)
             write_png(folder / "images" / f"{record.id}.png", written)
-            return _pair_stats(original, written)
+            return _pair_stats(original, written), float(delta_row.float().norm())
 
         # decoding, resizing, quantizing and PNG encoding run in threads (PIL, zlib and torch release the GIL)
         with ThreadPoolExecutor(max_workers=max(2, 2 * num_workers)) as pool:
             for chunk in tqdm(chunks, desc="write protected", disable=not progress, leave=False):
                 originals, images, labels = zip(*pool.map(load_one, chunk), strict=True)
                 delta = protector.perturb(torch.stack(images), torch.stack(labels)).cpu()
-                for stats in pool.map(write_one, zip(chunk, originals, delta, strict=True)):
+                for stats, working_l2 in pool.map(write_one, zip(chunk, originals, delta, strict=True)):
                     budget_sum.add_stats(stats)
+                    squared, count = stats[0], stats[1]
+                    written_l2 = np.sqrt(squared) / 255.0 * np.sqrt(delta[0].numel() / max(count, 1))
+                    budget_sum.add_l2(working_l2, float(written_l2))
         apply_seconds = time.perf_counter() - started
         for split_name, records in (("train", train_records), ("test", test_records)):
             for record in records:
@@ -435,8 +459,9 @@ def evaluate_segmentation(
         data_root: where to find the clean source when its recorded path is gone.
         clean_run: the clean-trained run of an earlier evaluation of the SAME source, split, recipe,
             exploiter and seed (its ``clean`` entry plus ``curves``: ``{**results["clean"], "curves":
-            results["curves"]["clean"]}``), reused instead of training it again (benchmarks that
-            compare several protectors of one dataset); ``None`` trains it.
+            results["curves"]["clean"]}``, plus the earlier ``split_sha256`` when known, which must match
+            this copy's split), reused instead of training it again (benchmarks that compare several
+            protectors of one dataset); ``None`` trains it.
 
     Returns:
         Results with ``clean`` / ``protected`` ``{"dice", "jaccard"}`` (%), ``invisibility``,
