@@ -110,7 +110,8 @@ class UMedProtector(Protector):
     exploiter's Dice from 47.99 % to 13.01 % (4 generator steps per batch) and, in a second run, from
     44.97 % to 10.26 % (1 generator step per batch, 2.5x cheaper), see ``alternation`` and
     ``benchmarks/README.md``. Full seg-quick on Kvasir-SEG with these defaults (CPU, seed 0): UNet Dice
-    74.29 % clean-trained vs 9.36 % UMed-trained, PSNR 54.23 dB, fit 2950 s on 2 cores.
+    74.29 % clean-trained vs 9.36 % and 8.16 % UMed-trained (two exploiter runs on the same copy), PSNR
+    54.23 dB, fit 1399 s on 2 cores (measured alone).
 
     Args:
         eps: L-inf budget in [0, 1] units.
