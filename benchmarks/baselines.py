@@ -534,7 +534,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="medmnist:<name>, an npz path or synthetic (classification); a folder with images/ + masks/ or a "
         "datalist JSON (segmentation) (default: medmnist:breastmnist)",
     )
-    parser.add_argument("--data-root", default=None, help="folder with MedMNIST npz files (default: none)")
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        help="folder with MedMNIST npz files (classification) or base of a datalist's relative paths "
+        "(segmentation) (default: none)",
+    )
     parser.add_argument(
         "--methods",
         default=None,
