@@ -227,16 +227,16 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         if task == "segmentation" and row.get("jaccard") is not None:
             score += f" ({row['jaccard']:.2f})"
         source = row.get("reused_from") or (row.get("repetitions") or [{}])[0].get("reused_from")
+        label = f"{method} (reused)" if source else method
         if source:
             reused.append(f"{method}: `{source}`")
-            method = f"{method} (reused)"
         lines.append(
             "| "
             + " | ".join(
                 [
-                    method,
+                    label,
                     score,
-                    _fmt(paper.get(method.split(" ")[0]), 2 if task == "segmentation" else 1),
+                    _fmt(paper.get(method), 2 if task == "segmentation" else 1),
                     _fmt(row.get("psnr"), 2),
                     _fmt(budget.get("norm")),
                     _fmt(budget.get("budget"), 4),
@@ -339,14 +339,20 @@ def _matches(earlier: dict[str, Any], args: argparse.Namespace, dataset: str) ->
     return "; ".join(wrong) or None
 
 
-def _reused_row(task: str, method: str, path: Path, args: argparse.Namespace, dataset: str) -> dict[str, Any]:
-    """A report row built from an earlier ``medue evaluate`` results file (``--reuse METHOD=PATH``)."""
+def _earlier_results(path: Path, flag: str, args: argparse.Namespace, dataset: str) -> dict[str, Any]:
+    """An earlier ``medue evaluate`` results file of this run's setting; ``flag`` names the option in errors."""
     if not path.is_file():
-        raise SystemExit(f"--reuse {method}={path}: no such file")
+        raise SystemExit(f"{flag}: no such file")
     earlier = json.loads(path.read_text())
     reason = _matches(earlier, args, dataset)
     if reason:
-        raise SystemExit(f"--reuse {method}={path}: another setting ({reason})")
+        raise SystemExit(f"{flag}: another setting ({reason})")
+    return earlier
+
+
+def _reused_row(task: str, method: str, path: Path, args: argparse.Namespace, dataset: str) -> dict[str, Any]:
+    """A report row built from an earlier ``medue evaluate`` results file (``--reuse METHOD=PATH``)."""
+    earlier = _earlier_results(path, f"--reuse {method}={path}", args, dataset)
     if earlier.get("method") != PROTECTORS[task][method]:
         raise SystemExit(f"--reuse {method}={path}: results of method {earlier.get('method')!r}")
     return {
@@ -436,13 +442,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.clean_from and not args.retrain_clean and reused_clean is None:
         path = Path(args.clean_from)
-        if not path.is_file():
-            raise SystemExit(f"--clean-from {path}: no such file")
-        earlier = json.loads(path.read_text())
-        reason = _matches(earlier, args, dataset)
-        if reason:
-            raise SystemExit(f"--clean-from {path}: another setting ({reason})")
-        reused_clean = _clean_run_of(earlier)
+        reused_clean = _clean_run_of(_earlier_results(path, f"--clean-from {path}", args, dataset))
         clean_runs.append({"after": None, "reused_from": str(path), **reused_clean})
         print(f"[baselines] clean-trained run taken from {path}", flush=True)
     for method, path in reuse.items():
