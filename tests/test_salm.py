@@ -154,6 +154,42 @@ def test_bilevel_trainer_runs_as_monai_trainer():
     assert int(touched.max()) <= positions_to_keep(16 * 16, 10.0)
 
 
+def test_annealed_l0_budget_shrinks_to_k_and_holds_during_the_last_epochs():
+    protector = SALMProtector(k=10, epochs=4, l0_projection="anneal", anneal_fraction=0.5, device="cpu")
+    budgets = [protector.annealed_k(epoch) for epoch in range(4)]
+    assert budgets[0] == 100.0 and budgets[1] == pytest.approx(10 + 90 / 8) and budgets[2:] == [10.0, 10.0]
+    assert SALMProtector(k=10, epochs=4, device="cpu").annealed_k(0) == 10.0  # "final": no schedule
+
+    source = load_classification_spec(SPEC)
+    protector = SALMProtector(eps=EPS, k=10, epochs=4, l0_projection="anneal", device="cpu", progress=False)
+    seen = []
+    original = protector.train_iteration
+
+    def spy(batch):
+        out = original(batch)
+        touched = (protector.delta[batch["index"]].abs().sum(dim=1) > 0).flatten(1).sum(dim=1)
+        seen.append((protector._projection_k, int(touched.max())))
+        return out
+
+    protector.train_iteration = spy
+    protector.fit(_loader(source), source.num_classes, 24)
+    limit = positions_to_keep(16 * 16, 10.0)
+    assert seen[0][0] == 100.0 and seen[0][1] > limit, "the first epoch must not be projected"
+    late = [touched for k, touched in seen if k == 10.0]
+    assert len(late) == 6 and max(late) <= limit, "from the end of the schedule on, every step is projected"
+    assert protector.config()["l0_projection"] == "anneal"
+
+
+def test_bilevel_trainer_tells_the_protector_its_epoch():
+    source = load_classification_spec(SPEC)
+    protector = SALMProtector(epochs=2, l0_projection="anneal", device="cpu", progress=False)
+    epochs = []
+    original = protector.set_epoch
+    protector.set_epoch = lambda epoch: (epochs.append(epoch), original(epoch))
+    BilevelTrainer(protector, _loader(source), source.num_classes, 24, max_epochs=2).run()
+    assert epochs == [0, 1] and protector._projection_k == 10.0
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
@@ -164,6 +200,8 @@ def test_bilevel_trainer_runs_as_monai_trainer():
         ({"schedule": "nope"}, "schedule"),
         ({"surrogate": "alexnet"}, "unknown network"),
         ({"lr": 0}, "lr must"),
+        ({"l0_projection": "sometimes"}, "l0_projection"),
+        ({"anneal_fraction": 0}, "anneal_fraction"),
     ],
 )
 def test_bad_options_raise(options, message):

@@ -11,6 +11,7 @@ EM (Huang et al., ICLR 2021) is the same machinery with K = 100 and no sampled t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -27,7 +28,7 @@ from .budget import project_l0, project_linf, topk_position_mask
 __all__ = ["SALMProtector", "EMProtector"]
 
 SCHEDULES = ("minibatch", "em")
-L0_MODES = ("every_step", "final")
+L0_MODES = ("every_step", "final", "anneal")
 # ``lr=None``: the paper's SGD lr 0.1 for its ResNet-18; 0.01 for ``smallcnn``, the value all our
 # smallcnn runs (demo, CPU benchmarks) were measured with; 0.1 was not measured for it.
 SURROGATE_LR = {"smallcnn": 0.01}
@@ -89,9 +90,14 @@ class SALMProtector(Protector):
             paper's Algorithm 1) and the deltas are hard-thresholded to K% of positions at the end, keeping
             the largest ``|delta|`` with ties broken by how much each position lowers the surrogate's loss;
             ``"every_step"``: project onto the K% budget after every step (the surrogate then only ever sees
-            the released noise, but in our calibration it converged worse and protected less).
+            the released noise, but in our calibration it converged worse and protected less);
+            ``"anneal"``: project after every step onto a budget that shrinks from 100 % to K over the first
+            ``anneal_fraction`` of the epochs (:meth:`annealed_k`), so the surrogate adapts to the sparse
+            noise while the noise gathers on the positions that matter most.
         refine_epochs: with ``l0_projection="final"``, extra passes after the hard threshold in which
             noise and surrogate keep training with the K% projection at every step (0 = none).
+        anneal_fraction: with ``l0_projection="anneal"``, the share of ``epochs`` over which the budget
+            shrinks to K, in (0, 1].
         progress: show tqdm progress bars.
         seed: random seed.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
@@ -123,6 +129,7 @@ class SALMProtector(Protector):
         apply_steps: int = 20,
         l0_projection: str = "final",
         refine_epochs: int = 0,
+        anneal_fraction: float = 0.5,
         progress: bool = True,
         seed: int = 0,
         device: str | torch.device = "auto",
@@ -143,6 +150,8 @@ class SALMProtector(Protector):
                 raise MedueError(f"{option} must be >= 1, got {value}")
         if lr is not None and not float(lr) > 0.0:
             raise MedueError(f"lr must be > 0, got {lr}")
+        if not 0.0 < float(anneal_fraction) <= 1.0:
+            raise MedueError(f"anneal_fraction must be in (0, 1], got {anneal_fraction}")
         if stop_error is not None and not 0.0 <= stop_error < 1.0:
             raise MedueError(f"stop_error must be in [0, 1), got {stop_error}")
         self.k = float(k)
@@ -163,7 +172,9 @@ class SALMProtector(Protector):
         self.apply_steps = int(apply_steps)
         self.l0_projection = l0_projection
         self.refine_epochs = int(refine_epochs)
+        self.anneal_fraction = float(anneal_fraction)
         self._l0_each_step = l0_projection == "every_step"
+        self._projection_k = self.k
         self.progress = bool(progress)
         self.generator = torch.Generator().manual_seed(self.seed)
         self.surrogate: torch.nn.Module | None = None
@@ -195,6 +206,7 @@ class SALMProtector(Protector):
             "apply_steps": self.apply_steps,
             "l0_projection": self.l0_projection,
             "refine_epochs": self.refine_epochs,
+            "anneal_fraction": self.anneal_fraction,
             "seed": self.seed,
         }
 
@@ -253,8 +265,27 @@ class SALMProtector(Protector):
         rows = rows - self.step_size * torch.sign(mask * gradient)
         rows = project_linf(rows, images, self.eps) if images is not None else rows.clamp(-self.eps, self.eps)
         if self._l0_each_step:
-            rows = project_l0(rows, self.k, tie_break=gradient)
+            rows = project_l0(rows, self._projection_k, tie_break=gradient)
         return rows
+
+    def annealed_k(self, epoch: int) -> float:
+        """The L0 budget (percent of positions) in force during ``epoch`` (0-based).
+
+        With ``l0_projection="anneal"`` it shrinks from 100 % to K along the cubic schedule of gradual
+        pruning (Zhu & Gupta, 2017), ``K + (100 - K) * (1 - epoch / span) ** 3`` with
+        ``span = ceil(anneal_fraction * epochs)``, and stays at K from epoch ``span`` on; otherwise K.
+        """
+        if self.l0_projection != "anneal":
+            return self.k
+        span = max(1, math.ceil(self.anneal_fraction * self.epochs))
+        remaining = max(0.0, 1.0 - epoch / span)
+        return self.k + (100.0 - self.k) * remaining**3
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the 0-based epoch of the next iterations (the annealed L0 budget depends on it)."""
+        if self.l0_projection == "anneal":
+            self._projection_k = self.annealed_k(epoch)
+            self._l0_each_step = self._projection_k < 100.0
 
     def noise_step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, steps: int) -> None:
         """Update the stored deltas of a minibatch with ``steps`` masked sign-PGD steps.
@@ -366,11 +397,11 @@ class SALMProtector(Protector):
             self._fit_minibatch(loader, self.epochs, checkpointed=True)
         else:
             self._fit_em(loader)
-        if self.refine_epochs and not self._l0_each_step:
+        if self.refine_epochs and self.l0_projection == "final":
             self.hard_threshold(loader)
             self._l0_each_step = True
             self._fit_minibatch(loader, self.refine_epochs, offset=len(self.history))
-            self._l0_each_step = self.l0_projection == "every_step"
+            self._l0_each_step = False
         self.finalize(loader)
         return self
 
@@ -415,6 +446,7 @@ class SALMProtector(Protector):
             disable=not self.progress,
         )
         for epoch in bar:
+            self.set_epoch(epoch)
             losses, accuracies = [], []
             for batch in loader:
                 out = self.train_iteration(batch)

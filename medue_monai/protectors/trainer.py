@@ -16,7 +16,8 @@ class BilevelTrainer(Trainer):
     """Drive a bi-level protector (SALM, EM) with MONAI/ignite, e.g. from a bundle's ``train.json``.
 
     Every iteration calls ``protector.train_iteration(batch)`` (noise steps, then one surrogate
-    step) - the same body :meth:`SALMProtector.fit` runs - so standard MONAI handlers
+    step) - the same body :meth:`SALMProtector.fit` runs, with ``protector.set_epoch`` called at the start
+    of every epoch where the protector has one - so standard MONAI handlers
     (``StatsHandler``, ``CheckpointSaver``, ``ValidationHandler``) can be attached. Call
     ``protector.finalize()`` after ``run()`` (the ``COMPLETED`` event handler below does it).
 
@@ -52,6 +53,10 @@ class BilevelTrainer(Trainer):
         protector.prepare(next(iter(data_loader)), num_classes, num_samples)
         from ignite.engine import Events
 
+        if hasattr(protector, "set_epoch"):
+            self.add_event_handler(
+                Events.EPOCH_STARTED, lambda engine: engine.protector.set_epoch(engine.state.epoch - 1)
+            )
         self.add_event_handler(Events.COMPLETED, lambda engine: engine.protector.finalize(engine.data_loader))
 
     def _iteration(self, engine: BilevelTrainer, batchdata: dict[str, torch.Tensor]) -> dict[str, Any]:
