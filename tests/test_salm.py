@@ -190,6 +190,23 @@ def test_bilevel_trainer_tells_the_protector_its_epoch():
     assert epochs == [0, 1] and protector._projection_k == 10.0
 
 
+def test_reset_every_reinitializes_the_surrogate_without_touching_the_global_rng():
+    source = load_classification_spec(SPEC)
+    protector = SALMProtector(epochs=1, reset_every=2, device="cpu", progress=False)
+    protector.prepare(next(iter(_loader(source))), source.num_classes, 24)
+    protector.train_iteration(next(iter(_loader(source))))
+    trained = [p.detach().clone() for p in protector.surrogate.parameters()]
+    protector.set_epoch(1)  # not a reset epoch
+    assert all(torch.equal(a, b) for a, b in zip(trained, protector.surrogate.parameters(), strict=True))
+    state = torch.get_rng_state()
+    protector.set_epoch(2)
+    assert torch.equal(state, torch.get_rng_state())
+    fresh = list(protector.surrogate.parameters())
+    assert not all(torch.equal(a, b) for a, b in zip(trained, fresh, strict=True))
+    assert protector.optimizer.param_groups[0]["params"][0] is fresh[0]
+    assert not protector.optimizer.state, "the optimizer starts afresh with the new surrogate"
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
@@ -202,6 +219,7 @@ def test_bilevel_trainer_tells_the_protector_its_epoch():
         ({"lr": 0}, "lr must"),
         ({"l0_projection": "sometimes"}, "l0_projection"),
         ({"anneal_fraction": 0}, "anneal_fraction"),
+        ({"reset_every": -1}, "reset_every"),
     ],
 )
 def test_bad_options_raise(options, message):

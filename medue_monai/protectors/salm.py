@@ -98,6 +98,8 @@ class SALMProtector(Protector):
             noise and surrogate keep training with the K% projection at every step (0 = none).
         anneal_fraction: with ``l0_projection="anneal"``, the share of ``epochs`` over which the budget
             shrinks to K, in (0, 1].
+        reset_every: re-initialize the surrogate every this many epochs (0 = never), so the noise keeps
+            being shaped against young networks, as an unauthorized model trained from scratch is.
         progress: show tqdm progress bars.
         seed: random seed.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
@@ -130,6 +132,7 @@ class SALMProtector(Protector):
         l0_projection: str = "final",
         refine_epochs: int = 0,
         anneal_fraction: float = 0.5,
+        reset_every: int = 0,
         progress: bool = True,
         seed: int = 0,
         device: str | torch.device = "auto",
@@ -150,6 +153,8 @@ class SALMProtector(Protector):
                 raise MedueError(f"{option} must be >= 1, got {value}")
         if lr is not None and not float(lr) > 0.0:
             raise MedueError(f"lr must be > 0, got {lr}")
+        if int(reset_every) < 0:
+            raise MedueError(f"reset_every must be >= 0, got {reset_every}")
         if not 0.0 < float(anneal_fraction) <= 1.0:
             raise MedueError(f"anneal_fraction must be in (0, 1], got {anneal_fraction}")
         if stop_error is not None and not 0.0 <= stop_error < 1.0:
@@ -173,6 +178,7 @@ class SALMProtector(Protector):
         self.l0_projection = l0_projection
         self.refine_epochs = int(refine_epochs)
         self.anneal_fraction = float(anneal_fraction)
+        self.reset_every = int(reset_every)
         self._l0_each_step = l0_projection == "every_step"
         self._projection_k = self.k
         self.progress = bool(progress)
@@ -207,6 +213,7 @@ class SALMProtector(Protector):
             "l0_projection": self.l0_projection,
             "refine_epochs": self.refine_epochs,
             "anneal_fraction": self.anneal_fraction,
+            "reset_every": self.reset_every,
             "seed": self.seed,
         }
 
@@ -231,9 +238,9 @@ class SALMProtector(Protector):
         self.fitted = True
 
     # ------------------------------------------------------------------ building blocks
-    def _build_surrogate(self) -> None:
+    def _build_surrogate(self, seed: int | None = None) -> None:
         channels, height, _ = self.image_shape
-        torch.manual_seed(self.seed)
+        torch.manual_seed(self.seed if seed is None else seed)
         self.surrogate = get_classifier(self.surrogate_name, channels, self.num_classes, height).to(self.device)
         self.optimizer = torch.optim.SGD(
             self.surrogate.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
@@ -282,7 +289,15 @@ class SALMProtector(Protector):
         return self.k + (100.0 - self.k) * remaining**3
 
     def set_epoch(self, epoch: int) -> None:
-        """Set the 0-based epoch of the next iterations (the annealed L0 budget depends on it)."""
+        """Set the 0-based epoch of the next iterations.
+
+        The annealed L0 budget depends on it, and with ``reset_every`` the surrogate (and its optimizer)
+        is re-initialized at the start of every ``reset_every``-th epoch, from a seed derived from the
+        epoch, without disturbing the global random stream.
+        """
+        if self.reset_every and epoch > 0 and epoch % self.reset_every == 0 and self.surrogate is not None:
+            with torch.random.fork_rng(devices=[]):
+                self._build_surrogate(seed=self.seed + 1000 * epoch)
         if self.l0_projection == "anneal":
             self._projection_k = self.annealed_k(epoch)
             self._l0_each_step = self._projection_k < 100.0
