@@ -17,7 +17,8 @@ norms, the command line, the machine, the seed and the date, into
 interrupted run keeps what it finished and ``--resume`` skips it) and a markdown table beside it
 with the papers' numbers: for classification the SALM paper's Table 1 (ResNet-18 on 28x28
 MedMNIST; AdvT = TAP, SP = LSP; no AR or SEP column), for segmentation the UMed paper's Table 1
-(U-Net exploiter; Dice and Jaccard).
+(U-Net exploiter; Dice and Jaccard). Rows keep the protected run's per-epoch curves, and a PNG beside
+the table (``<name>.png``) plots the clean-test score per epoch of every row, clean included.
 
 The "clean" row is the clean-trained exploiter: trained once (same recipe and seed as every protected
 run) and reused by every method's evaluation; with ``--retrain-clean`` each evaluation trains it again
@@ -63,6 +64,7 @@ import medue_monai.protectors.lsp  # noqa: F401
 import medue_monai.protectors.sep  # noqa: F401
 import medue_monai.protectors.tap  # noqa: F401
 from medue_monai import __version__
+from medue_monai.evaluation.plots import plot_learning_curves
 from medue_monai.evaluation.recipes import get_recipe
 from medue_monai.pipeline.classification import evaluate_classification, protect_classification
 from medue_monai.pipeline.segmentation import evaluate_segmentation, protect_segmentation
@@ -303,17 +305,45 @@ def _evaluate(args: argparse.Namespace, folder: Path, clean_run: dict[str, Any] 
 
 def _score_row(task: str, results: dict[str, Any]) -> dict[str, Any]:
     """The protected and clean scores of one evaluation, as stored in a report row."""
+    curves = {"curves": results.get("curves", {}).get("protected")}
     if task == "segmentation":
         return {
             "dice": results["protected"]["dice"],
             "jaccard": results["protected"]["jaccard"],
             "clean_dice": results["clean"]["dice"],
             "clean_jaccard": results["clean"]["jaccard"],
+            **curves,
         }
     return {
         "test_accuracy": results["protected"]["test_accuracy"],
         "clean_test_accuracy": results["clean"]["test_accuracy"],
+        **curves,
     }
+
+
+CURVE = {"classification": "test_accuracy", "segmentation": "test_dice"}
+
+
+def plot_report(report: dict[str, Any], path: Path) -> Path | None:
+    """Plot the exploiter's clean-test score per epoch for every row that has curves (PNG).
+
+    Args:
+        report: the report of :func:`run`.
+        path: output PNG path.
+
+    Returns:
+        ``path``, or ``None`` when no row has curves yet.
+    """
+    metric = CURVE[report.get("task", "classification")]
+    runs = {}
+    for method, row in report["results"].items():
+        curves = (row.get("repetitions") or [{}])[0].get("curves") if method == "clean" else row.get("curves")
+        if curves and curves.get(metric):
+            runs[f"{method} (reused)" if row.get("reused_from") else method] = {metric: curves[metric]}
+    if not runs:
+        return None
+    title = f"{report['dataset']}: {report['recipe']} exploiter trained on each copy, clean test split"
+    return plot_learning_curves(runs, metric, path, title)
 
 
 def _clean_run_of(results: dict[str, Any]) -> dict[str, Any]:
@@ -439,6 +469,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
         json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
         write_markdown(report, md_path)
+        plot_report(report, md_path.with_suffix(".png"))
 
     if args.clean_from and not args.retrain_clean and reused_clean is None:
         path = Path(args.clean_from)

@@ -53,6 +53,9 @@ def test_segmentation_table_runs_every_method_through_the_segmentation_protector
     assert rows["ar"]["clean_dice"] == rows["lsp"]["clean_dice"] == rows["clean"]["dice"]
     table = (root / "results" / "first.md").read_text()
     assert "Dice % (Jaccard %)" in table and "| lsp |" in table and "UMed paper Table 1" in table
+    # every row keeps the per-epoch curve of its exploiter, plotted beside the table
+    assert len(rows["lsp"]["curves"]["test_dice"]) == 1 and rows["lsp"]["curves"]["test_dice"][0] == rows["lsp"]["dice"]
+    assert (root / "results" / "first.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_reuse_takes_a_row_and_its_clean_run_from_earlier_results(seg_run):
