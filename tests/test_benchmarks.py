@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from medue_monai.data.segmentation import make_synthetic_segmentation
@@ -111,3 +112,23 @@ def test_clean_from_takes_only_the_clean_run(seg_run):
     other = [a if a != "1" else "2" for a in common]
     with pytest.raises(SystemExit, match="--clean-from .*epochs 1 != 2"):
         baselines.run(baselines_args(baselines, [*other, "--name", "y", "--clean-from", str(lsp_results)]))
+
+
+def test_noise_structure_measures_class_consistency_and_sparsity():
+    spec = importlib.util.spec_from_file_location("noise_structure", SCRIPT.parent / "noise_structure.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rng = np.random.default_rng(0)
+    clean = rng.integers(20, 200, size=(6, 8, 8), dtype=np.uint8)
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    pattern = np.zeros((8, 8), dtype=np.int16)
+    pattern[:2] = 8  # 16 of 64 positions, +8/255 for class 0 and -8/255 for class 1
+    protected = (clean + np.where(labels[:, None, None] == 0, pattern, -pattern)).astype(np.uint8)
+    stats = module.noise_structure(clean, protected, labels)
+    assert stats["changed_positions"] == pytest.approx(0.25)
+    assert stats["l2_mean"] == pytest.approx(4 * 8 / 255)
+    assert stats["between_class_cosine"] == pytest.approx(-1.0)
+    assert stats["per_class"]["0"]["within_class_cosine"] == pytest.approx(1.0)
+    assert stats["per_class"]["0"]["positive_share"] == 1.0 and stats["per_class"]["1"]["positive_share"] == 0.0
+    with pytest.raises(ValueError, match="shapes differ"):
+        module.noise_structure(clean, protected[:3], labels)

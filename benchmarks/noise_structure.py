@@ -1,0 +1,83 @@
+"""How a protected MedMNIST copy's noise is structured: norms, sparsity and how class-consistent it is.
+
+Compares the training split of a protected npz (what ``medue protect`` wrote) with the clean npz and
+prints, per class and overall: the share of changed positions, the share of positive changes, the
+mean L2 norm of ``delta`` in [0, 1] units, and the mean cosine similarity of the per-image deltas
+within each class and between classes (1 = every image of a class carries the same pattern). The
+numbers behind the "what limits SALM" notes in ``benchmarks/README.md``::
+
+    python benchmarks/noise_structure.py --clean ../shared/data/medmnist/breastmnist.npz \\
+        --protected /tmp/bench/salm_cpu_check_k100/breastmnist_salm_seed0/breastmnist.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def noise_structure(clean: np.ndarray, protected: np.ndarray, labels: np.ndarray) -> dict:
+    """Statistics of ``delta = protected - clean`` (uint8 images, ``(N, H, W[, C])``).
+
+    Args:
+        clean: clean training images.
+        protected: protected training images, same shape.
+        labels: ``(N,)`` class indices.
+
+    Returns:
+        A dict with overall and per-class statistics (see the module docstring).
+
+    Raises:
+        ValueError: when the shapes differ.
+    """
+    if clean.shape != protected.shape or len(labels) != len(clean):
+        raise ValueError(f"shapes differ: clean {clean.shape}, protected {protected.shape}, labels {labels.shape}")
+    delta = (protected.astype(np.float64) - clean.astype(np.float64)) / 255.0
+    flat = delta.reshape(len(delta), -1)
+    positions = np.abs(delta).reshape(len(delta), clean.shape[1] * clean.shape[2], -1).sum(-1) > 0
+    norms = np.linalg.norm(flat, axis=1)
+    unit = flat / np.clip(norms[:, None], 1e-12, None)
+    similarity = unit @ unit.T
+    classes = sorted(int(c) for c in np.unique(labels))
+    per_class = {}
+    for c in classes:
+        rows = labels == c
+        changed = flat[rows][flat[rows] != 0]
+        within = similarity[np.ix_(rows, rows)]
+        off_diagonal = (within.sum() - np.trace(within)) / max(rows.sum() * (rows.sum() - 1), 1)
+        per_class[str(c)] = {
+            "count": int(rows.sum()),
+            "changed_positions": float(positions[rows].mean()),
+            "positive_share": float((changed > 0).mean()) if changed.size else 0.0,
+            "l2_mean": float(norms[rows].mean()),
+            "within_class_cosine": float(off_diagonal),
+        }
+    pairs = [(a, b) for i, a in enumerate(classes) for b in classes[i + 1 :]]
+    between = [float(similarity[np.ix_(labels == a, labels == b)].mean()) for a, b in pairs]
+    return {
+        "changed_positions": float(positions.mean()),
+        "l2_mean": float(norms.mean()),
+        "between_class_cosine": float(np.mean(between)) if between else None,
+        "per_class": per_class,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clean", required=True, help="clean MedMNIST .npz (required)")
+    parser.add_argument("--protected", required=True, help="protected .npz written by medue protect (required)")
+    args = parser.parse_args(argv)
+    for path in (args.clean, args.protected):
+        if not Path(path).is_file():
+            raise SystemExit(f"error: {path}: no such file")
+    clean, protected = np.load(args.clean), np.load(args.protected)
+    stats = noise_structure(clean["train_images"], protected["train_images"], clean["train_labels"].reshape(-1))
+    print(json.dumps(stats, indent=2))
+    return stats
+
+
+if __name__ == "__main__":
+    main()
