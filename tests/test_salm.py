@@ -190,6 +190,17 @@ def test_bilevel_trainer_tells_the_protector_its_epoch():
     assert epochs == [0, 1] and protector._projection_k == 10.0
 
 
+def test_em_schedule_rounds_also_set_the_epoch():
+    source = load_classification_spec(SPEC)
+    protector = SALMProtector(epochs=2, schedule="em", em_noise_steps=1, l0_projection="anneal", device="cpu")
+    protector.progress = False
+    epochs = []
+    original = protector.set_epoch
+    protector.set_epoch = lambda epoch: (epochs.append(epoch), original(epoch))
+    protector.fit(_loader(source), source.num_classes, 24)
+    assert epochs == [0, 1] and protector._projection_k == 10.0
+
+
 def test_reset_every_reinitializes_the_surrogate_without_touching_the_global_rng():
     source = load_classification_spec(SPEC)
     protector = SALMProtector(epochs=1, reset_every=2, device="cpu", progress=False)

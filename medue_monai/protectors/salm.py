@@ -96,13 +96,15 @@ class SALMProtector(Protector):
             the released noise, but in our calibration it converged worse and protected less);
             ``"anneal"``: project after every step onto a budget that shrinks from 100 % to K over the first
             ``anneal_fraction`` of the epochs (:meth:`annealed_k`), so the surrogate adapts to the sparse
-            noise while the noise gathers on the positions that matter most.
+            noise while the noise gathers on the positions that matter most (with ``reset_every=5``, three
+            seeds on BreastMNIST gave the defaults' protection, ``benchmarks/README.md``).
         refine_epochs: with ``l0_projection="final"``, extra passes after the hard threshold in which
             noise and surrogate keep training with the K% projection at every step (0 = none).
         anneal_fraction: with ``l0_projection="anneal"``, the share of ``epochs`` over which the budget
             shrinks to K, in (0, 1].
         reset_every: re-initialize the surrogate every this many epochs (0 = never), so the noise keeps
             being shaped against young networks, as an unauthorized model trained from scratch is.
+            With ``schedule="em"`` epochs are rounds (for ``anneal`` too).
         progress: show tqdm progress bars.
         seed: random seed.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
@@ -494,6 +496,7 @@ class SALMProtector(Protector):
             disable=not self.progress,
         )
         for round_index in bar:
+            self.set_epoch(round_index)
             losses, accuracies = [], []
             for _ in range(self.em_model_steps):
                 loss, accuracy = self.model_step(*_batch_tensors(next(stream), self.device))
