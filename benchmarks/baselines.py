@@ -14,7 +14,8 @@ the clean split with the same recipe and seed, test both on the clean test split
 records the wall time of protection and of evaluation, the peak memory, the budget and realized
 norms, the command line, the machine, the seed and the date, into
 ``benchmarks/results/baselines_<dataset>_<device>.json`` (rewritten after every method, so an
-interrupted run keeps what it finished and ``--resume`` skips it) and a markdown table beside it
+interrupted run keeps what it finished and ``--resume`` skips it; a resumable method's fit that was
+interrupted continues from its round checkpoint in ``--work-dir``) and a markdown table beside it
 with the papers' numbers: for classification the SALM paper's Table 1 (ResNet-18 on 28x28
 MedMNIST; AdvT = TAP, SP = LSP; no AR or SEP column), for segmentation the UMed paper's Table 1
 (U-Net exploiter; Dice and Jaccard). Rows keep the protected run's per-epoch curves, and a PNG beside
@@ -68,6 +69,7 @@ from medue_monai.evaluation.plots import plot_learning_curves
 from medue_monai.evaluation.recipes import get_recipe
 from medue_monai.pipeline.classification import evaluate_classification, protect_classification
 from medue_monai.pipeline.segmentation import evaluate_segmentation, protect_segmentation
+from medue_monai.protectors import get_protector_class
 from medue_monai.utils import resolve_device
 
 METHODS = {
@@ -278,6 +280,8 @@ def _protect(args: argparse.Namespace, protector: str, options: dict[str, Any], 
         "batch_size": args.batch_size,
         "num_workers": args.num_workers,
         "progress": args.progress,
+        # an interrupted fit of a resumable method continues from its epoch checkpoint beside the output
+        "resume": bool(args.resume) and get_protector_class(protector).resumable,
     }
     if args.task == "segmentation":
         size = args.spatial_size
@@ -613,7 +617,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=str(Path(__file__).resolve().parent / "results"),
         help="results folder (default: benchmarks/results)",
     )
-    parser.add_argument("--resume", action="store_true", help="keep methods already in the results JSON")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep methods already in the results JSON, and continue an interrupted fit of a resumable method "
+        "(salm, em, em-seg, umed) from its checkpoint in --work-dir",
+    )
     parser.add_argument("--progress", action="store_true", help="show progress bars")
     parser.add_argument(
         "--retrain-clean",

@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument(
         "--resume",
         action="store_true",
-        help="continue an interrupted fit from <protector-out>.resume (salm, em and umed save it after every "
+        help="continue an interrupted fit from <protector-out>.resume (salm, em, em-seg and umed save it after every "
         "epoch; it is deleted once the output is written); the same command line must be given again",
     )
     add_common(protect)

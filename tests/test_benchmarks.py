@@ -132,3 +132,20 @@ def test_noise_structure_measures_class_consistency_and_sparsity():
     assert stats["per_class"]["0"]["positive_share"] == 1.0 and stats["per_class"]["1"]["positive_share"] == 0.0
     with pytest.raises(ValueError, match="shapes differ"):
         module.noise_structure(clean, protected[:3], labels)
+
+
+def test_resume_continues_an_interrupted_fit_only_for_resumable_methods(seg_run, monkeypatch):
+    baselines, root, common, _ = seg_run
+    seen = {}
+
+    def fake_protect(data, out, method, options, **kwargs):
+        seen[method] = kwargs["resume"]
+        return {}
+
+    monkeypatch.setattr(baselines, "protect_segmentation", fake_protect)
+    for method in ("em-seg", "lsp-seg"):
+        for resume in ([], ["--resume"]):
+            args = baselines_args(baselines, [*common, "--name", "r", *resume])
+            args.task = "segmentation"
+            baselines._protect(args, method, {}, root / "work" / method)
+            assert seen[method] is (bool(resume) and method == "em-seg")

@@ -12,6 +12,7 @@ from medue_monai.data import load_classification_spec
 from medue_monai.pipeline.classification import protect_classification
 from medue_monai.protectors import SALMProtector
 from medue_monai.protectors.base import FitCheckpoint
+from medue_monai.protectors.em_seg import EMSegProtector
 from medue_monai.protectors.umed import UMedProtector
 from medue_monai.utils import MedueError
 
@@ -103,6 +104,41 @@ def test_umed_resume_matches_an_uninterrupted_fit(tmp_path):
     for net in ("contour_net", "texture_net", "surrogate"):
         for a, b in zip(getattr(resumed, net).parameters(), getattr(reference, net).parameters(), strict=True):
             assert torch.equal(a, b), net
+
+
+def test_em_seg_resume_continues_from_the_last_round(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 1, 32, 32, generator=generator)
+    labels = torch.zeros(4, 1, 32, 32)
+    labels[:, :, 8:24, 8:24] = 1.0
+    items = [{"image": images[i], "label": labels[i], "index": i} for i in range(4)]
+
+    def loader() -> DataLoader:
+        return DataLoader(items, batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(1))
+
+    def em_seg() -> EMSegProtector:
+        options = {"epochs": 3, "model_steps": 1, "noise_steps": 1, "stop_error": None}
+        return EMSegProtector(**options, device="cpu", progress=False, seed=0)
+
+    path = tmp_path / "em-seg.resume"
+    interrupted = em_seg()
+    interrupted.checkpoint = FitCheckpoint(path, {"run": "em-seg"})
+    # 1 batch for the shape, then 1 model batch + 2 noise batches per round: the 6th falls in round 2
+    with pytest.raises(Interrupted):
+        interrupted.fit(InterruptingLoader(loader(), stop_after=5), 2, 4)
+    saved = torch.load(path, weights_only=True)
+    assert saved["epochs_done"] == 1
+    after_round_one = saved["state"]["delta"]
+    assert float(after_round_one.abs().max()) > 0
+
+    resumed = em_seg()
+    resumed.checkpoint = FitCheckpoint(path, {"run": "em-seg"}, resume=True)
+    counting = InterruptingLoader(loader(), stop_after=10**6)
+    resumed.fit(counting, 2, 4)
+    assert [r["round"] for r in resumed.history] == [0, 1, 2]
+    assert counting.seen == 1 + 2 * 3  # the shape batch, then only the two remaining rounds
+    assert float(resumed.delta.abs().max()) <= resumed.eps + 1e-7
+    assert not torch.equal(resumed.delta, after_round_one.half().float())  # it went on learning
 
 
 def test_checkpoint_of_another_run_is_refused(tmp_path):

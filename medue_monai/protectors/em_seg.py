@@ -63,6 +63,7 @@ class EMSegProtector(Protector):
 
     task = "segmentation"
     default_region = "full"
+    resumable = True
 
     def __init__(
         self,
@@ -155,6 +156,31 @@ class EMSegProtector(Protector):
         self._freeze()
         self.fitted = True
 
+    def training_state(self) -> dict[str, Any]:
+        """Surrogate, optimizer, perturbations (full precision) and history, saved after every EM round."""
+        return {
+            "surrogate": {k: v.detach().cpu() for k, v in self.surrogate.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "delta": self.delta.detach().cpu(),
+            "history": list(self.history),
+        }
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`training_state` into a fit that built the surrogate and deltas for the same data.
+
+        Raises:
+            MedueError: when the checkpoint's perturbations do not match this data's shape.
+        """
+        if tuple(state["delta"].shape) != tuple(self.delta.shape):
+            raise MedueError(
+                f"{self.name}: the fit checkpoint holds perturbations of shape {tuple(state['delta'].shape)}, "
+                f"this data needs {tuple(self.delta.shape)}"
+            )
+        self.surrogate.load_state_dict(state["surrogate"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.delta = state["delta"].to(self.device)
+        self.history = list(state["history"])
+
     # ------------------------------------------------------------------ building blocks
     def _build_surrogate(self) -> None:
         channels, height, width = self.image_shape
@@ -207,6 +233,11 @@ class EMSegProtector(Protector):
     def fit(self, loader: Iterable[dict], num_classes: int, num_samples: int) -> EMSegProtector:
         """Learn sample-wise deltas with EM's alternating schedule.
 
+        With a :class:`~medue_monai.protectors.base.FitCheckpoint` attached (``medue protect --resume``)
+        the state is saved after every round and an interrupted fit continues from the last one; the
+        model-step stream then restarts at the loader's start, so a resumed fit is not bit-identical
+        to an uninterrupted one.
+
         Args:
             loader: batches with ``image`` (B,C,H,W), ``label`` (B,1,H,W masks) and ``index``.
             num_classes: must be 2 (binary segmentation).
@@ -231,8 +262,15 @@ class EMSegProtector(Protector):
             while True:
                 yield from loader
 
+        start = self._resume(loader)
         stream = cycle()
-        bar = tqdm(range(self.epochs), desc=f"{self.name} fit (EM rounds)", disable=not self.progress)
+        bar = tqdm(
+            range(start, self.epochs),
+            initial=start,
+            total=self.epochs,
+            desc=f"{self.name} fit (EM rounds)",
+            disable=not self.progress,
+        )
         for round_index in bar:
             losses = [self._model_step(next(stream)) for _ in range(self.model_steps)]
             for batch in loader:
@@ -243,7 +281,9 @@ class EMSegProtector(Protector):
                 record["perturbed_error"] = self.perturbed_error(loader)
             self.history.append(record)
             bar.set_postfix({k: round(v, 4) for k, v in record.items() if k != "round"})
-            if self.stop_error is not None and record["perturbed_error"] < self.stop_error:
+            stop = self.stop_error is not None and record["perturbed_error"] < self.stop_error
+            self._save_checkpoint(loader, self.epochs if stop else round_index + 1)
+            if stop:
                 break
         # kept at float16 precision, as saved, so a reloaded protector releases identical deltas
         self.delta = self.delta.half().float()
