@@ -75,15 +75,18 @@ def test_salm_resume_matches_an_uninterrupted_fit(tmp_path, schedule):
     assert float(resumed.delta.abs().max()) <= resumed.eps + 1e-7
 
 
-def test_umed_resume_matches_an_uninterrupted_fit(tmp_path):
+def _square_mask_loader(size: int):
+    """A factory of identically shuffled loaders over 4 random images with a centred square mask."""
     generator = torch.Generator().manual_seed(0)
-    images = torch.rand(4, 1, 16, 16, generator=generator)
-    labels = torch.zeros(4, 1, 16, 16)
-    labels[:, :, 4:12, 4:12] = 1.0
+    images = torch.rand(4, 1, size, size, generator=generator)
+    labels = torch.zeros(4, 1, size, size)
+    labels[:, :, size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1.0
     items = [{"image": images[i], "label": labels[i], "index": i} for i in range(4)]
+    return lambda: DataLoader(items, batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(1))
 
-    def loader() -> DataLoader:
-        return DataLoader(items, batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(1))
+
+def test_umed_resume_matches_an_uninterrupted_fit(tmp_path):
+    loader = _square_mask_loader(16)
 
     def umed() -> UMedProtector:
         return UMedProtector(epochs=3, device="cpu", progress=False, seed=0)
@@ -107,14 +110,7 @@ def test_umed_resume_matches_an_uninterrupted_fit(tmp_path):
 
 
 def test_em_seg_resume_continues_from_the_last_round(tmp_path):
-    generator = torch.Generator().manual_seed(0)
-    images = torch.rand(4, 1, 32, 32, generator=generator)
-    labels = torch.zeros(4, 1, 32, 32)
-    labels[:, :, 8:24, 8:24] = 1.0
-    items = [{"image": images[i], "label": labels[i], "index": i} for i in range(4)]
-
-    def loader() -> DataLoader:
-        return DataLoader(items, batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(1))
+    loader = _square_mask_loader(32)
 
     def em_seg() -> EMSegProtector:
         options = {"epochs": 3, "model_steps": 1, "noise_steps": 1, "stop_error": None}

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from tqdm.auto import tqdm
 
 from ..utils import MedueError, resolve_device
 
@@ -190,6 +191,39 @@ class Protector(ABC):
         """Restore :meth:`training_state` into a protector prepared for the same data."""
         raise NotImplementedError(f"{self.name} does not support resuming")
 
+    def _surrogate_training_state(self) -> dict[str, Any]:
+        """Surrogate, optimizer, perturbations (full precision) and history: the shared part of a fit checkpoint.
+
+        For protectors that learn a ``delta`` tensor against a ``surrogate`` trained by ``optimizer``
+        (SALM, EM, EM-seg); :meth:`_restore_surrogate_state` reads it back.
+        """
+        return {
+            "surrogate": {k: v.detach().cpu() for k, v in self.surrogate.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "delta": self.delta.detach().cpu(),
+            "history": list(self.history),
+        }
+
+    def _restore_surrogate_state(self, state: dict[str, Any]) -> None:
+        """Restore the surrogate, its optimizer, the perturbations and the history of a fit checkpoint.
+
+        The shared part of :meth:`load_training_state` for protectors that learn a ``delta`` tensor
+        against a ``surrogate`` trained by ``optimizer`` (SALM, EM, EM-seg); ``fit`` must have built them
+        for the same data first.
+
+        Raises:
+            MedueError: when the checkpoint's perturbations do not match this data's shape.
+        """
+        if tuple(state["delta"].shape) != tuple(self.delta.shape):
+            raise MedueError(
+                f"{self.name}: the fit checkpoint holds perturbations of shape {tuple(state['delta'].shape)}, "
+                f"this data needs {tuple(self.delta.shape)}"
+            )
+        self.surrogate.load_state_dict(state["surrogate"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.delta = state["delta"].to(self.device)
+        self.history = list(state["history"])
+
     def _resume(self, loader: Any) -> int:
         """Load the checkpoint when resuming; returns the number of epochs already done (0 otherwise)."""
         if self.checkpoint is None or not self.resumable:
@@ -200,6 +234,27 @@ class Protector(ABC):
         state, epochs_done = loaded
         self.load_training_state(state)
         return epochs_done
+
+    def _em_rounds(self, loader: Iterable[dict]) -> tuple[Iterator[dict], tqdm]:
+        """EM's schedule (SALM's ``schedule="em"``, EM-seg): an endless batch stream for the model steps and
+        a progress bar over the rounds left, after resuming from the checkpoint when one is attached.
+
+        On a resume the stream restarts at the loader's start, so a resumed fit is not bit-identical.
+        """
+
+        def cycle() -> Iterator[dict]:
+            while True:
+                yield from loader
+
+        start = self._resume(loader)
+        bar = tqdm(
+            range(start, self.epochs),
+            initial=start,
+            total=self.epochs,
+            desc=f"{self.name} fit (EM rounds)",
+            disable=not self.progress,
+        )
+        return cycle(), bar
 
     def _save_checkpoint(self, loader: Any, epochs_done: int) -> None:
         """Save the training state after ``epochs_done`` epochs when a checkpoint is attached."""

@@ -11,12 +11,11 @@ the rounds).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from monai.losses import DiceCELoss
-from tqdm.auto import tqdm
 
 from ..utils import MedueError
 from .base import Protector, register_protector
@@ -158,28 +157,11 @@ class EMSegProtector(Protector):
 
     def training_state(self) -> dict[str, Any]:
         """Surrogate, optimizer, perturbations (full precision) and history, saved after every EM round."""
-        return {
-            "surrogate": {k: v.detach().cpu() for k, v in self.surrogate.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "delta": self.delta.detach().cpu(),
-            "history": list(self.history),
-        }
+        return self._surrogate_training_state()
 
     def load_training_state(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`training_state` into a fit that built the surrogate and deltas for the same data.
-
-        Raises:
-            MedueError: when the checkpoint's perturbations do not match this data's shape.
-        """
-        if tuple(state["delta"].shape) != tuple(self.delta.shape):
-            raise MedueError(
-                f"{self.name}: the fit checkpoint holds perturbations of shape {tuple(state['delta'].shape)}, "
-                f"this data needs {tuple(self.delta.shape)}"
-            )
-        self.surrogate.load_state_dict(state["surrogate"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.delta = state["delta"].to(self.device)
-        self.history = list(state["history"])
+        """Restore :meth:`training_state` into a fit that built the surrogate and deltas for the same data."""
+        self._restore_surrogate_state(state)
 
     # ------------------------------------------------------------------ building blocks
     def _build_surrogate(self) -> None:
@@ -257,20 +239,7 @@ class EMSegProtector(Protector):
         self._build_surrogate()
         self.delta = torch.zeros((num_samples,) + self.image_shape, device=self.device)
         self.history = []
-
-        def cycle() -> Iterator[dict]:
-            while True:
-                yield from loader
-
-        start = self._resume(loader)
-        stream = cycle()
-        bar = tqdm(
-            range(start, self.epochs),
-            initial=start,
-            total=self.epochs,
-            desc=f"{self.name} fit (EM rounds)",
-            disable=not self.progress,
-        )
+        stream, bar = self._em_rounds(loader)
         for round_index in bar:
             losses = [self._model_step(next(stream)) for _ in range(self.model_steps)]
             for batch in loader:

@@ -12,7 +12,7 @@ EM (Huang et al., ICLR 2021) is the same machinery with K = 100 and no sampled t
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -427,25 +427,11 @@ class SALMProtector(Protector):
 
     def training_state(self) -> dict[str, Any]:
         """Surrogate, optimizer, perturbations, history and the transform generator (for resuming)."""
-        return {
-            "surrogate": {k: v.detach().cpu() for k, v in self.surrogate.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "delta": self.delta.detach().cpu(),
-            "history": list(self.history),
-            "generator": self.generator.get_state(),
-        }
+        return {**self._surrogate_training_state(), "generator": self.generator.get_state()}
 
     def load_training_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`training_state` after :meth:`prepare` built the surrogate for the same data."""
-        if tuple(state["delta"].shape) != tuple(self.delta.shape):
-            raise MedueError(
-                f"{self.name}: the fit checkpoint holds perturbations of shape {tuple(state['delta'].shape)}, "
-                f"this data needs {tuple(self.delta.shape)}"
-            )
-        self.surrogate.load_state_dict(state["surrogate"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.delta = state["delta"].to(self.device)
-        self.history = list(state["history"])
+        self._restore_surrogate_state(state)
         self.generator.set_state(state["generator"])
 
     def _after_epoch(self, loader: Iterable[dict], epoch: int, stats: dict[str, float], bar: tqdm) -> bool:
@@ -481,20 +467,7 @@ class SALMProtector(Protector):
 
     def _fit_em(self, loader: Iterable[dict]) -> None:
         """EM's schedule; resuming restarts the model-step stream at the loader's start (not bit-identical)."""
-
-        def cycle() -> Iterator[dict]:
-            while True:
-                yield from loader
-
-        start = self._resume(loader)
-        stream = cycle()
-        bar = tqdm(
-            range(start, self.epochs),
-            initial=start,
-            total=self.epochs,
-            desc=f"{self.name} fit (EM rounds)",
-            disable=not self.progress,
-        )
+        stream, bar = self._em_rounds(loader)
         for round_index in bar:
             self.set_epoch(round_index)
             losses, accuracies = [], []
