@@ -176,7 +176,7 @@ def _cli_commands(args: argparse.Namespace, protector: str, options: dict[str, A
     if args.limit:
         protect += ["--limit", str(args.limit)]
     if args.task == "segmentation":
-        protect += ["--spatial-size", str(args.spatial_size)]
+        protect += ["--spatial-size", str(args.spatial_size), "--resample", args.resample]
     for key, value in options.items():
         protect += ["--option", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
     evaluate = ["medue", "evaluate", "--protected", str(folder), "--recipe", args.recipe]
@@ -214,6 +214,15 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "",
         f"{unit} of the exploiter trained on each protected training split (lower is better "
         f"protection). Paper: {PAPER_NAMES[task]}.",
+        *(
+            [
+                "",
+                f"Working size {report.get('spatial_size')}; perturbations brought to the original size with "
+                f"`--resample {report.get('resample') or 'bilinear'}`.",
+            ]
+            if task == "segmentation"
+            else []
+        ),
         "",
         f"| method | ours: {score_title} | paper | PSNR (dB) | norm | budget | realized max "
         "| protect s | protect img/s | evaluate s | peak RSS MB | peak GPU MB |",
@@ -285,7 +294,9 @@ def _protect(args: argparse.Namespace, protector: str, options: dict[str, Any], 
     }
     if args.task == "segmentation":
         size = args.spatial_size
-        return protect_segmentation(args.data, str(folder), protector, options, spatial_size=size, **common)
+        return protect_segmentation(
+            args.data, str(folder), protector, options, spatial_size=size, resample=args.resample, **common
+        )
     return protect_classification(args.data, folder, protector, options, **common)
 
 
@@ -433,6 +444,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "exploiter": args.exploiter,
         "epochs": args.epochs,
         "spatial_size": args.spatial_size if task == "segmentation" else None,
+        "resample": args.resample if task == "segmentation" else None,
         "seed": args.seed,
         "limit": args.limit,
         "methods": methods,
@@ -445,7 +457,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.resume and json_path.is_file():
         earlier_report = json.loads(json_path.read_text())
         earlier_report.setdefault("task", "classification")
-        setting = ("task", "dataset", "recipe", "exploiter", "epochs", "seed", "limit")
+        # segmentation reports written before --resample existed used bilinear upsampling
+        earlier_report.setdefault("resample", "bilinear" if earlier_report["task"] == "segmentation" else None)
+        setting = ("task", "dataset", "recipe", "exploiter", "epochs", "seed", "limit", "resample")
         changed = [key for key in setting if earlier_report.get(key) != report[key]]
         if changed:
             raise SystemExit(f"--resume: {json_path} holds another setting ({', '.join(changed)}); use another --name")
@@ -591,6 +605,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--exploiter", default=None, help="exploiter network (default: the recipe's)")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (default: recipe's)")
     parser.add_argument("--spatial-size", type=int, default=128, help="segmentation working size (default: 128)")
+    parser.add_argument(
+        "--resample",
+        choices=("bilinear", "inverse"),
+        default="bilinear",
+        help="segmentation: how the perturbation reaches the original size (medue protect --resample; "
+        "default: bilinear)",
+    )
     parser.add_argument("--option", action="append", metavar="METHOD.key=VALUE", help="a method option (repeatable)")
     parser.add_argument(
         "--reuse",

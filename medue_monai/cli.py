@@ -167,7 +167,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
         from .pipeline.segmentation import protect_segmentation
 
         manifest = protect_segmentation(
-            args.data, args.out, args.method, options, spatial_size=args.spatial_size, **common
+            args.data, args.out, args.method, options, spatial_size=args.spatial_size, resample=args.resample, **common
         )
     else:
         if not Path(args.data).exists() and not args.data.startswith(("medmnist:", "synthetic")):
@@ -289,6 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=224,
         help="segmentation: working size (128 for quick runs) (default: 224)",
+    )
+    protect.add_argument(
+        "--resample",
+        choices=("bilinear", "inverse"),
+        default="bilinear",
+        help="segmentation: how the perturbation, made at --spatial-size, is brought to each image's original "
+        "size. bilinear: plain interpolation (shrinking the release back to the working size, as anyone "
+        "training on it does, averages part of it away); inverse: so that such shrinking gives back the "
+        "perturbation the protector made (more of it reaches the trainer, lower PSNR)",
     )
     protect.add_argument(
         "--option",

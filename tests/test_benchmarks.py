@@ -54,6 +54,7 @@ def test_segmentation_table_runs_every_method_through_the_segmentation_protector
     assert rows["ar"]["clean_dice"] == rows["lsp"]["clean_dice"] == rows["clean"]["dice"]
     table = (root / "results" / "first.md").read_text()
     assert "Dice % (Jaccard %)" in table and "| lsp |" in table and "UMed paper Table 1" in table
+    assert report["resample"] == "bilinear" and "`--resample bilinear`" in table
     # every row keeps the per-epoch curve of its exploiter, plotted beside the table
     assert len(rows["lsp"]["curves"]["test_dice"]) == 1 and rows["lsp"]["curves"]["test_dice"][0] == rows["lsp"]["dice"]
     assert (root / "results" / "first.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -81,6 +82,9 @@ def test_resume_refuses_a_report_of_another_setting(seg_run):
     other = [a if a != "1" else "2" for a in common]
     with pytest.raises(SystemExit, match="another setting"):
         baselines.run(baselines_args(baselines, [*other, "--methods", "clean,lsp", "--name", "first", "--resume"]))
+    resample = [*common, "--methods", "clean,lsp", "--name", "first", "--resume", "--resample", "inverse"]
+    with pytest.raises(SystemExit, match=r"another setting \(resample\)"):
+        baselines.run(baselines_args(baselines, resample))
 
 
 def test_segmentation_evaluation_checks_a_reused_clean_run(seg_run):
@@ -149,3 +153,23 @@ def test_resume_continues_an_interrupted_fit_only_for_resumable_methods(seg_run,
             args.task = "segmentation"
             baselines._protect(args, method, {}, root / "work" / method)
             assert seen[method] is (bool(resume) and method == "em-seg")
+
+
+def test_release_resample_measures_what_reaches_the_reader(tmp_path):
+    from medue_monai.pipeline.segmentation import protect_segmentation
+
+    spec = importlib.util.spec_from_file_location("release_resample", SCRIPT.parent / "release_resample.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    source = make_synthetic_segmentation(tmp_path / "seg", num_items=6, size=64, seed=0)
+    out = tmp_path / "release"
+    protect_segmentation(str(source), str(out), "lsp-seg", {}, spatial_size=16, device="cpu", progress=False)
+    report = module.main(["--protected", str(out), "--limit", "4", "--out", str(tmp_path / "r.json")])
+    reach = report["reach"]
+    assert reach["bilinear"]["images"] == reach["inverse"]["images"] > 0
+    # the inverse enlargement gives the reader back more of the perturbation, at a lower PSNR
+    assert reach["inverse"]["cosine_mean"] > reach["bilinear"]["cosine_mean"]
+    assert reach["inverse"]["psnr"] < reach["bilinear"]["psnr"]
+    assert json.loads((tmp_path / "r.json").read_text())["method"] == "lsp-seg"
+    with pytest.raises(SystemExit, match="unknown"):
+        module.main(["--protected", str(out), "--modes", "cubic", "--out", str(tmp_path / "x.json")])

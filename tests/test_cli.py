@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -169,6 +170,8 @@ def test_protect_segmentation_folder_through_the_cli(tmp_path, capsys):
             "32",
             "--epochs",
             "1",
+            "--resample",
+            "inverse",
             "--device",
             "cpu",
             "--no-progress",
@@ -176,6 +179,7 @@ def test_protect_segmentation_folder_through_the_cli(tmp_path, capsys):
     )
     assert code == 0, capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["images", "manifest.json", "masks"]
+    assert json.loads((out / "manifest.json").read_text())["dataset"]["resample"] == "inverse"
     assert (tmp_path / "out.protector.pt").is_file()
     assert len(list((out / "images").glob("*.png"))) == 6
 

@@ -107,6 +107,7 @@ def test_protect_writes_pngs_at_original_size(tmp_path) -> None:
     assert (tmp_path / "out.protector.pt").is_file() and manifest["protector"]["private"]
     assert manifest["counts"]["train"] == 4 and manifest["counts"]["test"] == 1
     assert manifest["counts"]["empty_masks_train"] + manifest["counts"]["empty_masks_test"] == 1
+    assert manifest["dataset"]["resample"] == "bilinear"
     eps = manifest["budget"]["budget"]
     for item_id in manifest["split"]["train"] + manifest["split"]["test"]:
         original = read_image_array(root / "images" / f"{item_id}.png")
@@ -123,6 +124,9 @@ def test_protect_writes_pngs_at_original_size(tmp_path) -> None:
         protect_segmentation(str(root), str(out), "umed", TINY, spatial_size=16, device="cpu", progress=False)
     with pytest.raises(MedueError, match="overlaps"):
         protect_segmentation(str(root), str(root / "x"), "umed", TINY, spatial_size=16, device="cpu", progress=False)
+    with pytest.raises(MedueError, match="resample must be one of"):
+        protect_segmentation(str(root), str(tmp_path / "y"), "umed", TINY, spatial_size=16, resample="cubic")
+    assert not (tmp_path / "y").exists()
 
 
 @pytest.mark.parametrize("method", ["lsp-seg", "ar-seg"])
@@ -227,3 +231,60 @@ def test_budget_accumulator_matches_whole_set_metrics() -> None:
     positions = [len(c) for c in cleans]
     share = sum(m["l0_share"] * n for m, n in zip(per_image, positions, strict=True)) / sum(positions)
     assert result["l0_share"] == pytest.approx(share)
+
+
+def test_inverse_upsampling_survives_the_readers_downsampling() -> None:
+    """The released full-size perturbation, shrunk as a reader shrinks it, gives back the working-size one."""
+    import torch.nn.functional as F
+
+    from medue_monai.data.segmentation import resample_image
+    from medue_monai.io.png import upsample_delta
+
+    generator = torch.Generator().manual_seed(0)
+    eps = 4 / 255
+    delta = torch.empty(3, 16, 16).uniform_(-eps, eps, generator=generator)  # fine detail, as a contour band has
+    size = (77, 61)
+    bilinear = upsample_delta(delta, size, "bilinear")
+    assert torch.allclose(bilinear, F.interpolate(delta[None], size=size, mode="bilinear", align_corners=False)[0])
+    inverse = upsample_delta(delta, size, "inverse", bound=eps)
+    assert inverse.shape == (3, *size) and float(inverse.abs().max()) <= eps + 1e-7
+
+    def seen_by_reader(upsampled: torch.Tensor) -> torch.Tensor:
+        return resample_image(upsampled[None], (16, 16))[0]
+
+    def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a * b).sum() / (a.norm() * b.norm()))
+
+    error_bilinear = float((seen_by_reader(bilinear) - delta).norm() / delta.norm())
+    error_inverse = float((seen_by_reader(inverse) - delta).norm() / delta.norm())
+    assert error_inverse < 0.6 * error_bilinear, (error_inverse, error_bilinear)
+    assert cosine(seen_by_reader(inverse), delta) > max(0.95, cosine(seen_by_reader(bilinear), delta) + 0.05)
+    # more steps fit better; same size is the identity; a zero bound gives zeros; unknown modes are refused
+    longer = upsample_delta(delta, size, "inverse", bound=eps, steps=40)
+    assert float((seen_by_reader(longer) - delta).norm()) < float((seen_by_reader(inverse) - delta).norm())
+    assert torch.equal(upsample_delta(delta, (16, 16), "inverse"), delta)
+    assert not upsample_delta(delta, size, "inverse", bound=0.0).any()
+    # without an L-inf bound (L2 methods) the enlargement keeps delta's L2 norm at the working size
+    capped = upsample_delta(delta, size, "inverse")
+    assert float(capped.norm()) * (16 * 16 / (size[0] * size[1])) ** 0.5 <= float(delta.norm()) * (1 + 1e-5)
+    assert float(capped.norm()) < float(inverse.norm())
+    with pytest.raises(MedueError, match="resample must be one of"):
+        upsample_delta(delta, size, "cubic")
+
+
+def test_written_file_carries_the_perturbation_to_the_reader() -> None:
+    """End to end through quantization: the reader's view of the written file correlates with delta."""
+    from medue_monai.data.segmentation import resize_image
+    from medue_monai.io.png import apply_delta_uint8
+
+    rng = np.random.default_rng(1)
+    clean = rng.integers(30, 220, (96, 80, 3), dtype=np.uint8)
+    eps = 4 / 255
+    delta = torch.from_numpy(rng.choice([-eps, eps], size=(3, 16, 16)).astype(np.float32))
+    views = {}
+    for mode in ("inverse", "bilinear"):
+        written = apply_delta_uint8(clean, delta, eps, resample=mode)
+        assert np.abs(written.astype(int) - clean.astype(int)).max() <= 4
+        seen = resize_image(written, 16, 3) - resize_image(clean, 16, 3)
+        views[mode] = float((seen * delta).sum() / (seen.norm() * delta.norm()))
+    assert views["inverse"] > max(0.93, views["bilinear"] + 0.05), views

@@ -31,6 +31,7 @@ __all__ = [
     "make_synthetic_segmentation",
     "read_image_array",
     "read_mask_array",
+    "resample_image",
     "resize_image",
     "resize_mask",
     "split_ids",
@@ -269,15 +270,24 @@ def split_ids(ids: list[str], seed: int = 0, test_fraction: float = 0.2) -> dict
     return {"train": [i for i in ordered if i not in test_set], "test": test}
 
 
+def resample_image(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize a float ``(B, C, H, W)`` batch the way images are read at a working size.
+
+    Bilinear with antialiasing (a triangle filter as wide as the scale factor when shrinking). It is
+    linear and differentiable, so the release writer can invert it (:func:`medue_monai.io.png.upsample_delta`).
+    """
+    return F.interpolate(tensor, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+
+
 def resize_image(array: np.ndarray, spatial_size: int | tuple[int, int], channels: int) -> torch.Tensor:
-    """uint8 ``(H, W[, C])`` -> float ``(channels, h, w)`` in [0, 1], bilinear with antialiasing."""
+    """uint8 ``(H, W[, C])`` -> float ``(channels, h, w)`` in [0, 1], with :func:`resample_image`."""
     size = (spatial_size, spatial_size) if isinstance(spatial_size, int) else tuple(spatial_size)
     tensor = torch.from_numpy(np.ascontiguousarray(array)).float().div_(255.0)
     tensor = tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
     if tensor.shape[0] != channels:
         tensor = tensor.expand(channels, -1, -1) if tensor.shape[0] == 1 else tensor.mean(0, keepdim=True)
     if tuple(tensor.shape[-2:]) != size:
-        tensor = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+        tensor = resample_image(tensor[None], size)[0]
     return tensor.clamp_(0.0, 1.0).contiguous()
 
 

@@ -40,7 +40,7 @@ from ..evaluation.invisibility import invisibility_metrics
 from ..evaluation.recipes import get_recipe
 from ..io.atomic import atomic_output_dir, atomic_output_file, check_output_dir, check_output_file, protector_path
 from ..io.manifest import build_manifest, protector_record, read_manifest, write_manifest
-from ..io.png import apply_delta_uint8, copy_mask, write_png
+from ..io.png import RESAMPLE_MODES, apply_delta_uint8, copy_mask, write_png
 from ..protectors import get_protector_class
 from ..protectors import umed as _umed  # noqa: F401  (registers "umed")
 from ..utils import MedueError, resolve_device, set_seed
@@ -139,6 +139,7 @@ def protect_segmentation(
     data_root: str | None = None,
     protector_out: str | Path | None = None,
     resume: bool = False,
+    resample: str = "bilinear",
 ) -> dict:
     """Fit a segmentation protector on the train split and write the protected dataset.
 
@@ -164,6 +165,9 @@ def protect_segmentation(
         protector_out: path of the fitted protector (default ``<out>.protector.pt``; never inside ``out``).
         resume: continue an interrupted fit from ``<protector file>.resume`` (resumable methods save it
             after every epoch and delete it when the output is written).
+        resample: how the working-size perturbation reaches the original size
+            (:func:`medue_monai.io.png.upsample_delta`): ``"bilinear"``, or ``"inverse"`` (so that whoever
+            shrinks the release to the working size sees the perturbation the protector made, at a lower PSNR).
 
     Returns:
         The manifest written.
@@ -174,6 +178,8 @@ def protect_segmentation(
     cls = get_protector_class(method)
     if cls.task != "segmentation":
         raise MedueError(f"method {method!r} is for {cls.task}; {data!r} is a segmentation dataset")
+    if resample not in RESAMPLE_MODES:
+        raise MedueError(f"resample must be one of {RESAMPLE_MODES}, got {resample!r}")
     source = load_segmentation_source(data, data_root=data_root, limit=limit)
     out_path = check_output_dir(out, overwrite=overwrite, inputs=(source.path,))
     protector_file = check_output_file(
@@ -217,7 +223,7 @@ def protect_segmentation(
 
         def write_one(args: tuple[SegmentationRecord, np.ndarray, torch.Tensor]) -> tuple[tuple[int, ...], float]:
             record, original, delta_row = args
-            written = apply_delta_uint8(original, delta_row, eps)
+            written = apply_delta_uint8(original, delta_row, eps, resample=resample)
             write_png(folder / "images" / f"{record.id}.png", written)
             return _pair_stats(original, written), float(delta_row.float().norm())
 
@@ -277,6 +283,7 @@ def protect_segmentation(
                     "limit": limit,
                     "replaced_splits": ["train"],
                     "output_format": "png",
+                    "resample": resample,
                     "jpeg_source_count": len(jpeg),
                     "note": (
                         f"{len(jpeg)} source images were JPEG; all outputs are lossless PNG "
