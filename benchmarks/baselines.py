@@ -513,7 +513,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         _reset_peak_memory(device)
         started = time.perf_counter()
         manifest = _protect(args, protector, method_options, folder)
+        # a fit resumed from --work-dir also counts the seconds its interrupted runs spent
         protect_seconds = time.perf_counter() - started
+        protect_seconds += (manifest.get("timing") or {}).get("fit_seconds_before_resume", 0.0)
         memory = _peak_memory(device)
         started = time.perf_counter()
         results = _evaluate(args, folder, reused_clean)

@@ -133,6 +133,7 @@ def test_em_seg_resume_continues_from_the_last_round(tmp_path):
     resumed.fit(counting, 2, 4)
     assert [r["round"] for r in resumed.history] == [0, 1, 2]
     assert counting.seen == 1 + 2 * 3  # the shape batch, then only the two remaining rounds
+    assert resumed.checkpoint.earlier_seconds == pytest.approx(saved["fit_seconds"]) and saved["fit_seconds"] > 0
     assert float(resumed.delta.abs().max()) <= resumed.eps + 1e-7
     assert not torch.equal(resumed.delta, after_round_one.half().float())  # it went on learning
 
@@ -174,8 +175,13 @@ def test_pipeline_resumes_and_removes_the_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(MedueError, match="another run"):  # other options: refused, nothing written
         protect_classification(SPEC, out, "salm", {**options, "k": 5}, resume=True, **kwargs)
     assert not out.exists()
+    interrupted_seconds = torch.load(checkpoint, weights_only=True)["fit_seconds"]
+    assert interrupted_seconds > 0
     manifest = protect_classification(SPEC, out, "salm", options, resume=True, **kwargs)
     assert not checkpoint.exists() and (tmp_path / "release.protector.pt").is_file()
+    # the fit time of the interrupted run is kept: this run's seconds plus the earlier ones
+    assert manifest["timing"]["fit_seconds_before_resume"] == pytest.approx(interrupted_seconds)
+    assert reference["timing"]["fit_seconds_before_resume"] == 0.0
     with np.load(out / "synthetic.npz") as resumed, np.load(tmp_path / "reference" / "synthetic.npz") as clean:
         assert np.array_equal(resumed["train_images"], clean["train_images"])
     assert manifest["history"] == reference["history"]

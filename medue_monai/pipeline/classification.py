@@ -162,6 +162,8 @@ def protect_classification(
                 "budget": {**budget, "realized": realized},
                 "timing": {
                     "fit_seconds": fit_seconds,
+                    # a resumed fit: the seconds its interrupted runs spent before (fit_seconds is this run's)
+                    "fit_seconds_before_resume": checkpoint.earlier_seconds if checkpoint is not None else 0.0,
                     "apply_seconds": apply_seconds,
                     "images_per_second": len(train) / max(fit_seconds + apply_seconds, 1e-9),
                     "device": str(protector.device),

@@ -297,6 +297,8 @@ def protect_segmentation(
                 "budget": {**budget, "realized": realized},
                 "timing": {
                     "fit_seconds": fit_seconds,
+                    # a resumed fit: the seconds its interrupted runs spent before (fit_seconds is this run's)
+                    "fit_seconds_before_resume": checkpoint.earlier_seconds if checkpoint is not None else 0.0,
                     "apply_seconds": apply_seconds,
                     "apply_images_per_second": len(train_records) / max(apply_seconds, 1e-9),
                     "device": str(protector.device),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -50,7 +51,8 @@ class FitCheckpoint:
     """Where a resumable protector saves its training state after every epoch, so an interrupted fit resumes.
 
     The file holds plain tensors and numbers (loads with ``weights_only=True``): the protector's training
-    state (networks, optimizers, perturbations, history), the epochs done, the global torch RNG state
+    state (networks, optimizers, perturbations, history), the epochs done, the fit seconds spent so far
+    (over all interrupted runs; a resumed run reads them into :attr:`earlier_seconds`), the global torch RNG state
     and the loader's shuffling generator, and a ``fingerprint`` of the run (method, options, data) that
     must match for a resume. It contains what the protection adds, so it is as private as the fitted
     protector; callers delete it once the protected output is written.
@@ -65,6 +67,9 @@ class FitCheckpoint:
         self.path = Path(path)
         self.fingerprint = fingerprint
         self.resume = bool(resume)
+        #: fit seconds spent by the interrupted runs this one continues (read by :meth:`load`)
+        self.earlier_seconds = 0.0
+        self._started = time.perf_counter()
 
     def save(self, training_state: dict[str, Any], epochs_done: int, loader: Any) -> None:
         """Write the state after ``epochs_done`` epochs (temporary file, then rename)."""
@@ -72,6 +77,7 @@ class FitCheckpoint:
         payload = {
             "fingerprint": self.fingerprint,
             "epochs_done": int(epochs_done),
+            "fit_seconds": self.earlier_seconds + (time.perf_counter() - self._started),
             "torch_rng": torch.get_rng_state(),
             "loader_rng": generator.get_state() if isinstance(generator, torch.Generator) else None,
             "state": training_state,
@@ -99,6 +105,8 @@ class FitCheckpoint:
                 "delete it, or run without --resume"
             )
         torch.set_rng_state(payload["torch_rng"])
+        self.earlier_seconds = float(payload.get("fit_seconds", 0.0))
+        self._started = time.perf_counter()
         generator = getattr(loader, "generator", None)
         if isinstance(generator, torch.Generator) and payload["loader_rng"] is not None:
             generator.set_state(payload["loader_rng"])
