@@ -78,7 +78,7 @@ def upsample_delta(
     bound = float(delta.abs().max()) if bound is None else float(bound)
     target = delta[None]
     upsampled = torch.zeros((1, delta.shape[0], *size), dtype=delta.dtype)
-    if bound <= 0.0:
+    if bound <= 0.0 or not bool(delta.any()):  # nothing to bring (e.g. UMed on an empty mask)
         return upsampled[0]
 
     def shrink(u: torch.Tensor) -> torch.Tensor:
