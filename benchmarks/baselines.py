@@ -67,6 +67,7 @@ import medue_monai.protectors.tap  # noqa: F401
 from medue_monai import __version__
 from medue_monai.evaluation.plots import plot_learning_curves
 from medue_monai.evaluation.recipes import get_recipe
+from medue_monai.io.png import RESAMPLE_MODES
 from medue_monai.pipeline.classification import evaluate_classification, protect_classification
 from medue_monai.pipeline.segmentation import evaluate_segmentation, protect_segmentation
 from medue_monai.protectors import get_protector_class
@@ -609,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--spatial-size", type=int, default=128, help="segmentation working size (default: 128)")
     parser.add_argument(
         "--resample",
-        choices=("bilinear", "inverse"),
+        choices=RESAMPLE_MODES,
         default="bilinear",
         help="segmentation: how the perturbation reaches the original size (medue protect --resample; "
         "default: bilinear)",

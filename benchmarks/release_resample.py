@@ -41,6 +41,12 @@ def _item_files(source: Path, item_id: str) -> tuple[Path, Path]:
     return next((source / "images").glob(f"{item_id}.*")), next((source / "masks").glob(f"{item_id}.*"))
 
 
+def _linf_bound(protector) -> float | None:
+    """The protector's L-inf budget (the writer's clip), or ``None`` for an L2 method."""
+    budget = protector.budget_info()
+    return budget["budget"] if budget["norm"] == "linf" else None
+
+
 def _batches(protected: Path, limit: int | None, batch_size: int = 16):
     """``(ids, originals, working-size images, working-size masks)`` of the training split, in batches."""
     manifest = json.loads((protected / "manifest.json").read_text())
@@ -58,7 +64,7 @@ def _batches(protected: Path, limit: int | None, batch_size: int = 16):
 
 def reach(protector, protected: Path, modes: list[str], limit: int | None) -> dict[str, dict[str, float]]:
     """Norm ratio, cosine and PSNR of the perturbation after write and read, per resample mode."""
-    eps = protector.budget_info()["budget"] if protector.budget_info()["norm"] == "linf" else None
+    eps = _linf_bound(protector)
     stats = {mode: {"ratio": [], "cosine": [], "squared": 0.0, "count": 0} for mode in modes}
     for _, originals, images, masks in _batches(protected, limit):
         deltas = protector.perturb(images, masks).cpu()
@@ -89,7 +95,7 @@ def rerelease(protector, protected: Path, folder: Path, mode: str) -> float:
     if folder.exists():
         shutil.rmtree(folder)
     shutil.copytree(protected, folder)
-    eps = protector.budget_info()["budget"] if protector.budget_info()["norm"] == "linf" else None
+    eps = _linf_bound(protector)
     started = time.perf_counter()
     for ids, originals, images, masks in _batches(protected, None):
         deltas = protector.perturb(images, masks).cpu()

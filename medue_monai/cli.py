@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .io.png import RESAMPLE_MODES
 from .protectors import PROTECTORS
 from .utils import MedueError, parse_fraction
 
@@ -292,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     protect.add_argument(
         "--resample",
-        choices=("bilinear", "inverse"),
+        choices=RESAMPLE_MODES,
         default="bilinear",
         help="segmentation: how the perturbation, made at --spatial-size, is brought to each image's original "
         "size. bilinear: plain interpolation (shrinking the release back to the working size, as anyone "

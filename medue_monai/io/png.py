@@ -21,6 +21,7 @@ Dice 7.36 % against 8.16 % with the same fitted UMed), so bilinear stays the def
 from __future__ import annotations
 
 import shutil
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,30 @@ from ..utils import MedueError
 
 __all__ = ["RESAMPLE_MODES", "apply_delta_uint8", "copy_mask", "upsample_delta", "write_png"]
 
-RESAMPLE_MODES = ("inverse", "bilinear")
+RESAMPLE_MODES = ("bilinear", "inverse")
+
+
+def _shrink_adjoint(vector: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``R^T v`` for ``R`` = :func:`resample_image` from ``size`` to ``vector``'s size (R is linear: autograd)."""
+    with torch.enable_grad():
+        upsampled = torch.zeros((*vector.shape[:2], *size), dtype=vector.dtype, requires_grad=True)
+        (resample_image(upsampled, vector.shape[-2:]) * vector).sum().backward()
+    return upsampled.grad
+
+
+@lru_cache(maxsize=64)
+def _shrink_lipschitz(working_shape: tuple[int, ...], size: tuple[int, int]) -> float:
+    """Largest eigenvalue of ``R R^T`` for ``R`` = :func:`resample_image` from ``size`` to ``working_shape``.
+
+    Power iteration from a constant image (close to the top eigenvector). It depends on the shapes only,
+    so it is computed once per original size (datasets repeat a few sizes).
+    """
+    vector, lipschitz = torch.ones(working_shape), 1.0
+    for _ in range(5):
+        image = resample_image(_shrink_adjoint(vector, size), working_shape[-2:])
+        lipschitz = float(image.norm() / vector.norm())
+        vector = image / image.norm()
+    return lipschitz
 
 
 def upsample_delta(
@@ -81,23 +105,10 @@ def upsample_delta(
     if bound <= 0.0 or not bool(delta.any()):  # nothing to bring (e.g. UMed on an empty mask)
         return upsampled[0]
 
-    def shrink(u: torch.Tensor) -> torch.Tensor:
-        return resample_image(u, target.shape[-2:])
-
-    def adjoint(v: torch.Tensor) -> torch.Tensor:  # R^T v, through autograd (R is linear)
-        with torch.enable_grad():
-            u = torch.zeros_like(upsampled, requires_grad=True)
-            (shrink(u) * v).sum().backward()
-        return u.grad
-
-    # largest eigenvalue of R R^T by power iteration from a constant image (close to its top eigenvector)
-    vector, lipschitz = torch.ones_like(target), 1.0
-    for _ in range(5):
-        image = shrink(adjoint(vector))
-        lipschitz = float(image.norm() / vector.norm())
-        vector = image / image.norm()
+    lipschitz = _shrink_lipschitz(tuple(target.shape), size)
     for _ in range(int(steps)):
-        upsampled = (upsampled - adjoint(shrink(upsampled) - target) / lipschitz).clamp_(-bound, bound)
+        residual = resample_image(upsampled, target.shape[-2:]) - target
+        upsampled = (upsampled - _shrink_adjoint(residual, size) / lipschitz).clamp_(-bound, bound)
     if l2_cap:
         # an L2 budget holds at the working size: the rescaled norm ||u|| sqrt(h w / (H W)) stays <= ||delta||
         rescaled = float(upsampled.norm()) * (target.shape[-2] * target.shape[-1] / (size[0] * size[1])) ** 0.5
