@@ -25,7 +25,9 @@ The "clean" row is the clean-trained exploiter: trained once (same recipe and se
 run) and reused by every method's evaluation; with ``--retrain-clean`` each evaluation trains it again
 and the JSON keeps every repetition. ``--reuse METHOD=RESULTS.json`` takes a method's row (and the
 clean run) from an earlier ``medue evaluate`` results file of the same dataset, split, recipe,
-exploiter and seed instead of protecting and training again; the row records where it came from.
+exploiter and seed, or from another baselines report of the same setting (for instance a row run on a
+GPU machine; the row keeps its timings and records that machine), instead of protecting and training
+again; the row records where it came from.
 
 Example (GPU, the paper-like recipe)::
 
@@ -243,7 +245,9 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         source = row.get("reused_from") or (row.get("repetitions") or [{}])[0].get("reused_from")
         label = f"{method} (reused)" if source else method
         if source:
-            reused.append(f"{method}: `{source}`")
+            where = row.get("reused_machine")
+            ran_on = f" (run on {where['device']}, {where.get('gpu') or where.get('processor')})" if where else ""
+            reused.append(f"{method}: `{source}`{ran_on}")
         lines.append(
             "| "
             + " | ".join(
@@ -396,8 +400,56 @@ def _earlier_results(path: Path, flag: str, args: argparse.Namespace, dataset: s
     return earlier
 
 
-def _reused_row(task: str, method: str, path: Path, args: argparse.Namespace, dataset: str) -> dict[str, Any]:
-    """A report row built from an earlier ``medue evaluate`` results file (``--reuse METHOD=PATH``)."""
+REPORT_SETTING = ("task", "dataset", "recipe", "exploiter", "epochs", "seed", "limit", "resample")
+
+
+def _changed_setting(earlier_report: dict[str, Any], report: dict[str, Any]) -> list[str]:
+    """The keys of :data:`REPORT_SETTING` in which an earlier report differs from this run's."""
+    earlier_report.setdefault("task", "classification")
+    # segmentation reports written before --resample existed used bilinear upsampling
+    earlier_report.setdefault("resample", "bilinear" if earlier_report["task"] == "segmentation" else None)
+    return [key for key in REPORT_SETTING if earlier_report.get(key) != report[key]]
+
+
+def _row_from_report(method: str, path: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """A row of an earlier baselines report of the same setting, with the machine it ran on (``--reuse``).
+
+    The row keeps its own timings and memory; ``reused_from`` and ``reused_machine`` say where they were
+    measured. Its clean run is the earlier report's first clean repetition.
+    """
+    flag = f"--reuse {method}={path}"
+    earlier = json.loads(path.read_text())
+    changed = _changed_setting(earlier, report)
+    if changed:
+        raise SystemExit(f"{flag}: another setting ({', '.join(changed)})")
+    row = (earlier.get("results") or {}).get(method)
+    if row is None:
+        raise SystemExit(f"{flag}: the report has no {method!r} row")
+    repetitions = (earlier["results"].get("clean") or {}).get("repetitions") or []
+    if not repetitions or "curves" not in repetitions[0]:
+        raise SystemExit(f"{flag}: the report keeps no clean-trained run")
+    clean_run = {k: v for k, v in repetitions[0].items() if k not in {"after", "reused_from"}}
+    machine = earlier.get("machine") or {}
+    return {
+        **{k: v for k, v in row.items() if k not in {"reused_from", "reused_machine"}},
+        "reused_from": str(path),
+        "reused_machine": {key: machine.get(key) for key in ("device", "gpu", "processor", "cpu_count")},
+        "clean_run": clean_run,
+    }
+
+
+def _reused_row(
+    task: str, method: str, path: Path, args: argparse.Namespace, dataset: str, report: dict[str, Any]
+) -> dict[str, Any]:
+    """A report row taken from an earlier result of the same setting (``--reuse METHOD=PATH``).
+
+    ``PATH`` is either a ``medue evaluate`` results file (the row gets its scores, budget and evaluation
+    time) or another baselines report (the row is copied whole, timings included, with its machine).
+    """
+    if not path.is_file():
+        raise SystemExit(f"--reuse {method}={path}: no such file")
+    if "results" in json.loads(path.read_text()):
+        return _row_from_report(method, path, report)
     earlier = _earlier_results(path, f"--reuse {method}={path}", args, dataset)
     if earlier.get("method") != PROTECTORS[task][method]:
         raise SystemExit(f"--reuse {method}={path}: results of method {earlier.get('method')!r}")
@@ -457,11 +509,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.resume and json_path.is_file():
         earlier_report = json.loads(json_path.read_text())
-        earlier_report.setdefault("task", "classification")
-        # segmentation reports written before --resample existed used bilinear upsampling
-        earlier_report.setdefault("resample", "bilinear" if earlier_report["task"] == "segmentation" else None)
-        setting = ("task", "dataset", "recipe", "exploiter", "epochs", "seed", "limit", "resample")
-        changed = [key for key in setting if earlier_report.get(key) != report[key]]
+        changed = _changed_setting(earlier_report, report)
         if changed:
             raise SystemExit(f"--resume: {json_path} holds another setting ({', '.join(changed)}); use another --name")
         report["results"] = earlier_report.get("results", {})
@@ -496,7 +544,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         clean_runs.append({"after": None, "reused_from": str(path), **reused_clean})
         print(f"[baselines] clean-trained run taken from {path}", flush=True)
     for method, path in reuse.items():
-        row = _reused_row(task, method, path, args, dataset)
+        row = _reused_row(task, method, path, args, dataset, report)
         clean_run = row.pop("clean_run")
         report["results"][method] = row
         if reused_clean is None and not args.retrain_clean:
@@ -620,8 +668,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--reuse",
         action="append",
         metavar="METHOD=RESULTS.json",
-        help="take METHOD's row and the clean run from an earlier `medue evaluate` results file of the same "
-        "setting instead of running it (repeatable; default: none)",
+        help="take METHOD's row and the clean run from an earlier `medue evaluate` results file, or from "
+        "another baselines report (row copied with its timings and machine), of the same setting instead of "
+        "running it (repeatable; default: none)",
     )
     parser.add_argument(
         "--clean-from",

@@ -173,3 +173,24 @@ def test_release_resample_measures_what_reaches_the_reader(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["method"] == "lsp-seg"
     with pytest.raises(SystemExit, match="unknown"):
         module.main(["--protected", str(out), "--modes", "cubic", "--out", str(tmp_path / "x.json")])
+
+
+def test_reuse_takes_a_row_with_its_timings_from_another_report(seg_run):
+    baselines, root, common, first = seg_run
+    report_path = root / "results" / "first.json"
+    argv = [*common, "--methods", "clean,ar", "--name", "fourth", "--reuse", f"ar={report_path}"]
+    report = baselines.run(baselines_args(baselines, argv))
+    row, earlier = report["results"]["ar"], first["results"]["ar"]
+    assert row["reused_from"] == str(report_path) and row["reused_machine"]["device"] == "cpu"
+    assert row["dice"] == earlier["dice"] and row["protect_seconds"] == earlier["protect_seconds"]
+    assert row["curves"] == earlier["curves"]
+    assert report["results"]["clean"]["dice"] == first["results"]["clean"]["dice"]
+    assert "ar: `" in (root / "results" / "fourth.md").read_text() and "(run on cpu," in (
+        root / "results" / "fourth.md"
+    ).read_text()
+    # a report of another setting, or without the row, is refused
+    other = [a if a != "1" else "2" for a in common]
+    with pytest.raises(SystemExit, match=r"another setting \(epochs\)"):
+        baselines.run(baselines_args(baselines, [*other, "--name", "x", "--reuse", f"ar={report_path}"]))
+    with pytest.raises(SystemExit, match="no 'tap' row"):
+        baselines.run(baselines_args(baselines, [*common, "--name", "x", "--reuse", f"tap={report_path}"]))
