@@ -185,9 +185,8 @@ def test_reuse_takes_a_row_with_its_timings_from_another_report(seg_run):
     assert row["dice"] == earlier["dice"] and row["protect_seconds"] == earlier["protect_seconds"]
     assert row["curves"] == earlier["curves"]
     assert report["results"]["clean"]["dice"] == first["results"]["clean"]["dice"]
-    assert "ar: `" in (root / "results" / "fourth.md").read_text() and "(run on cpu," in (
-        root / "results" / "fourth.md"
-    ).read_text()
+    table = (root / "results" / "fourth.md").read_text()
+    assert "| ar (reused) |" in table and "(run on cpu," in table
     # a report of another setting, or without the row, is refused
     other = [a if a != "1" else "2" for a in common]
     with pytest.raises(SystemExit, match=r"another setting \(epochs\)"):
