@@ -229,9 +229,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help text that keeps descriptions as written and appends each option's default once.
+
+    An option whose help already says ``(default ...)`` keeps its own wording; one whose default is
+    ``None`` must say in its help what happens without it.
+    """
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: {action.default})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``medue`` (every option shows its default in ``--help``)."""
-    formatter = argparse.ArgumentDefaultsHelpFormatter
+    formatter = _HelpFormatter
     parser = argparse.ArgumentParser(
         prog="medue",
         description="Make medical image datasets unlearnable (SALM, UMed and baselines) and measure it.",
@@ -244,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0, help="random seed (recorded in the manifest/results)")
         p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
         p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
-        p.add_argument("--data-root", default=None, help="folder holding MedMNIST npz files (else $MEDUE_DATA_ROOT)")
+        p.add_argument(
+            "--data-root", default=None, help="folder holding MedMNIST npz files (default: $MEDUE_DATA_ROOT)"
+        )
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     protect = sub.add_parser(
@@ -254,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         "dtype, val/test untouched) with manifest.json into --out: that folder is what you release. The fitted "
         "protector is written OUTSIDE it (--protector-out): keep it private, whoever holds it can remove the "
         "protection.",
-        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=32),
+        formatter_class=formatter,
         epilog=methods_help(),
     )
     protect.add_argument("--method", required=True, help=f"protection method: {', '.join(sorted(PROTECTORS))}")
@@ -304,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--option",
         action="append",
         metavar="NAME=VALUE",
-        help="any other method option (repeatable), see below",
+        help="any other method option (repeatable), see below (default: the method's defaults)",
     )
     protect.add_argument(
         "--protector-out",
@@ -322,9 +341,6 @@ def build_parser() -> argparse.ArgumentParser:
         "epoch; it is deleted once the output is written); the same command line must be given again",
     )
     add_common(protect)
-    for action in protect._actions:
-        if action.default not in (None, argparse.SUPPRESS) and action.help and "(default" not in action.help:
-            action.help += f" (default: {action.default})"
 
     evaluate = sub.add_parser(
         "evaluate",
@@ -343,8 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="resnet18, resnet50, vgg11, densenet121 | unet, attentionunet, basicunetplusplus, swinunetr "
         "(default: the recipe's)",
     )
-    evaluate.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
-    evaluate.add_argument("--output", default=None, help="results JSON path; a learning-curve PNG is written beside it")
+    evaluate.add_argument(
+        "--epochs", type=int, default=None, help="override the recipe's epochs (default: the recipe's)"
+    )
+    evaluate.add_argument(
+        "--output",
+        default=None,
+        help="results JSON path; a learning-curve PNG is written beside it (default: none, the results are printed)",
+    )
     add_common(evaluate)
 
     demo = sub.add_parser(

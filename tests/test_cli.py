@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -41,6 +42,24 @@ def test_protect_help_lists_every_method_with_defaults(capsys):
         assert f"  {name} [" in text
     assert "k (default 10)" in text and "eps (default 8/255)" in text
     assert "--eps" in text and "--overwrite" in text
+
+
+@pytest.mark.parametrize("command", ["protect", "evaluate", "demo"])
+def test_every_option_states_its_default_once(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    section = capsys.readouterr().out.split("\noptions:\n", 1)[1].split("\n\n", 1)[0]
+    entries: list[str] = []
+    for line in section.splitlines():
+        if re.match(r"  -", line):  # an option's first line; continuation lines are indented further
+            entries.append(line.strip())
+        else:
+            entries[-1] += " " + line.strip()
+    assert len(entries) > 5 and not any("(default: None)" in e for e in entries)
+    for entry in entries:
+        if entry.startswith(("-h, --help", "--method ", "--data DATA", "--out OUT", "--protected ")):
+            continue  # help and the required options have no default
+        assert entry.count("(default") == 1, entry
 
 
 @pytest.mark.parametrize(
