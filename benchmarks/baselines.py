@@ -15,11 +15,19 @@ records the wall time of protection and of evaluation, the peak memory, the budg
 norms, the command line, the machine, the seed and the date, into
 ``benchmarks/results/baselines_<dataset>_<device>.json`` (rewritten after every method, so an
 interrupted run keeps what it finished and ``--resume`` skips it; a resumable method's fit that was
-interrupted continues from its round checkpoint in ``--work-dir``) and a markdown table beside it
+interrupted continues from its round checkpoint in ``--work-dir``, and a finished protected copy there
+of the same method, options and data is reused) and a markdown table beside it
 with the papers' numbers: for classification the SALM paper's Table 1 (ResNet-18 on 28x28
 MedMNIST; AdvT = TAP, SP = LSP; no AR or SEP column), for segmentation the UMed paper's Table 1
 (U-Net exploiter; Dice and Jaccard). Rows keep the protected run's per-epoch curves, and a PNG beside
 the table (``<name>.png``) plots the clean-test score per epoch of every row, clean included.
+
+``--defense NAME`` measures the protection against an exploiter-side counter-measure (PROTOCOL.md:
+3x3 mean / median / Gaussian filter, JPEG 60 / 30, center crop, image shortcut squeezing): every
+exploiter run, the clean-trained one included, trains on defended images and tests on the clean test
+split. With ``--resume`` and the ``--work-dir`` of an undefended run, the protected copies are reused,
+so a defense costs only the exploiter trainings; each defense's evaluation is kept as
+``results_<defense>.json`` beside the copy. Use one ``--name`` per defense.
 
 The "clean" row is the clean-trained exploiter: trained once (same recipe and seed as every protected
 run) and reused by every method's evaluation; with ``--retrain-clean`` each evaluation trains it again
@@ -73,6 +81,7 @@ from medue_monai.io.png import RESAMPLE_MODES
 from medue_monai.pipeline.classification import evaluate_classification, protect_classification
 from medue_monai.pipeline.segmentation import evaluate_segmentation, protect_segmentation
 from medue_monai.protectors import get_protector_class
+from medue_monai.transforms.defenses import DEFENSES
 from medue_monai.utils import resolve_device
 
 METHODS = {
@@ -188,6 +197,8 @@ def _cli_commands(args: argparse.Namespace, protector: str, options: dict[str, A
         evaluate += ["--epochs", str(args.epochs)]
     if args.exploiter:
         evaluate += ["--exploiter", args.exploiter]
+    if args.defense != "none":
+        evaluate += ["--defense", args.defense]
     return [shlex.join(protect), shlex.join(evaluate)]
 
 
@@ -224,6 +235,15 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                 f"`--resample {report.get('resample') or 'bilinear'}`.",
             ]
             if task == "segmentation"
+            else []
+        ),
+        *(
+            [
+                "",
+                f"Exploiter-side defense on the training images of every run, clean included: "
+                f"`{report['defense']}` (the test split stays clean).",
+            ]
+            if report.get("defense", "none") != "none"
             else []
         ),
         "",
@@ -305,16 +325,22 @@ def _protect(args: argparse.Namespace, protector: str, options: dict[str, Any], 
     return protect_classification(args.data, folder, protector, options, **common)
 
 
+def _results_name(args: argparse.Namespace) -> str:
+    """The evaluation's results file in a protected folder: one per defense, so runs do not overwrite each other."""
+    return "results.json" if args.defense == "none" else f"results_{args.defense}.json"
+
+
 def _evaluate(args: argparse.Namespace, folder: Path, clean_run: dict[str, Any] | None) -> dict[str, Any]:
     """Train the exploiter on the protected copy read back from ``folder`` (the ``medue evaluate`` code path)."""
     common = {
         "epochs": args.epochs,
-        "output": folder / "results.json",
+        "output": folder / _results_name(args),
         "device": args.device,
         "seed": args.seed,
         "num_workers": args.num_workers,
         "progress": args.progress,
         "clean_run": clean_run,
+        "defense": args.defense,
     }
     if args.task == "segmentation":
         exploiter = args.exploiter or get_recipe(args.recipe)["network"]
@@ -384,6 +410,7 @@ def _matches(earlier: dict[str, Any], args: argparse.Namespace, dataset: str) ->
         "seed": (earlier.get("seed"), args.seed),
         "recipe": ((earlier.get("recipe") or {}).get("name"), args.recipe),
         "epochs": ((earlier.get("recipe") or {}).get("epochs"), recipe["epochs"]),
+        "defense": (earlier.get("defense", "none"), args.defense),
     }
     wrong = [f"{key} {have!r} != {want!r}" for key, (have, want) in checks.items() if have != want]
     return "; ".join(wrong) or None
@@ -400,7 +427,7 @@ def _earlier_results(path: Path, flag: str, args: argparse.Namespace, dataset: s
     return earlier
 
 
-REPORT_SETTING = ("task", "dataset", "recipe", "exploiter", "epochs", "seed", "limit", "resample")
+REPORT_SETTING = ("task", "dataset", "recipe", "exploiter", "epochs", "seed", "limit", "resample", "defense")
 
 
 def _changed_setting(earlier_report: dict[str, Any], report: dict[str, Any]) -> list[str]:
@@ -408,6 +435,7 @@ def _changed_setting(earlier_report: dict[str, Any], report: dict[str, Any]) -> 
     earlier_report.setdefault("task", "classification")
     # segmentation reports written before --resample existed used bilinear upsampling
     earlier_report.setdefault("resample", "bilinear" if earlier_report["task"] == "segmentation" else None)
+    earlier_report.setdefault("defense", "none")  # reports written before --defense existed
     return [key for key in REPORT_SETTING if earlier_report.get(key) != report[key]]
 
 
@@ -498,6 +526,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": args.epochs,
         "spatial_size": args.spatial_size if task == "segmentation" else None,
         "resample": args.resample if task == "segmentation" else None,
+        "defense": args.defense,
         "seed": args.seed,
         "limit": args.limit,
         "methods": methods,
@@ -561,11 +590,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"[baselines] {method}: protecting {args.data} with {protector} -> {folder}", flush=True)
         _reset_peak_memory(device)
         started = time.perf_counter()
-        manifest = _protect(args, protector, method_options, folder)
+        manifest = _finished_copy(folder, protector, method_options, args) if args.resume else None
+        if manifest is not None:
+            # the protected copy of an earlier run of this setting (another --defense, say): its recorded times
+            print(f"[baselines] {method}: reusing the finished protected copy in {folder}", flush=True)
+            timing = manifest.get("timing") or {}
+            protect_seconds = sum(float(timing.get(key) or 0.0) for key in ("fit_seconds", "apply_seconds"))
+            memory = None
+        else:
+            manifest = _protect(args, protector, method_options, folder)
+            protect_seconds = time.perf_counter() - started
+            memory = _peak_memory(device)
         # a fit resumed from --work-dir also counts the seconds its interrupted runs spent
-        protect_seconds = time.perf_counter() - started
         protect_seconds += (manifest.get("timing") or {}).get("fit_seconds_before_resume", 0.0)
-        memory = _peak_memory(device)
         started = time.perf_counter()
         results = _evaluate(args, folder, reused_clean)
         evaluate_seconds = time.perf_counter() - started
@@ -584,6 +621,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "protect_images_per_second": manifest["counts"]["train"] / protect_seconds,
             "evaluate_seconds": evaluate_seconds,
             "memory": memory,
+            **({"protected_copy_reused": True} if memory is None else {}),
             "commands": _cli_commands(args, protector, method_options, folder),
             "output": str(folder),
         }
@@ -600,6 +638,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def _finished_copy(
+    folder: Path, protector: str, options: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any] | None:
+    """The manifest of a finished protected copy in ``folder`` made with this method, options and setting.
+
+    A manifest is written last, inside a folder renamed into place only when complete, so its presence
+    means the copy is whole. ``None`` when there is none or it differs (method, seed, given options,
+    data, limit, and for segmentation the working size and resample mode).
+    """
+    path = folder / "manifest.json"
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text())
+    dataset = manifest.get("dataset") or {}
+    same = [
+        manifest.get("method") == protector,
+        manifest.get("seed") == args.seed,
+        all((manifest.get("options") or {}).get(key) == value for key, value in options.items()),
+        (manifest.get("input") or {}).get("spec") == args.data,
+        dataset.get("limit") == args.limit,
+    ]
+    if args.task == "segmentation":
+        same += [
+            dataset.get("spatial_size") == args.spatial_size,
+            dataset.get("resample", "bilinear") == args.resample,
+        ]
+    return manifest if all(same) else None
+
+
 def _stored_clean_run(work: Path, dataset: str, report: dict[str, Any], args: argparse.Namespace) -> dict | None:
     """The clean-trained run of an earlier, resumed invocation.
 
@@ -613,7 +680,7 @@ def _stored_clean_run(work: Path, dataset: str, report: dict[str, Any], args: ar
             print("[baselines] reusing the clean-trained run stored in the results JSON", flush=True)
             return {k: v for k, v in repetition.items() if k not in {"after", "reused_from"}}
     for method in report["results"]:
-        path = work / f"{dataset}_{method}_seed{args.seed}" / "results.json"
+        path = work / f"{dataset}_{method}_seed{args.seed}" / _results_name(args)
         if method == "clean" or not path.is_file():
             continue
         earlier = json.loads(path.read_text())
@@ -663,6 +730,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="segmentation: how the perturbation reaches the original size (medue protect --resample; "
         "default: bilinear)",
     )
+    parser.add_argument(
+        "--defense",
+        choices=list(DEFENSES),
+        default="none",
+        help="exploiter-side counter-measure on the training images of every exploiter run, clean included "
+        "(medue evaluate --defense; default: none)",
+    )
     parser.add_argument("--option", action="append", metavar="METHOD.key=VALUE", help="a method option (repeatable)")
     parser.add_argument(
         "--reuse",
@@ -693,8 +767,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="keep methods already in the results JSON, and continue an interrupted fit of a resumable method "
-        "(salm, em, em-seg, umed) from its checkpoint in --work-dir",
+        help="keep methods already in the results JSON, continue an interrupted fit of a resumable method "
+        "(salm, em, em-seg, umed) from its checkpoint in --work-dir, and reuse a finished protected copy there "
+        "of the same method, options and data (for instance to evaluate it under another --defense)",
     )
     parser.add_argument("--progress", action="store_true", help="show progress bars")
     parser.add_argument(

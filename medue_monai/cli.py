@@ -16,6 +16,7 @@ from typing import Any
 from . import __version__
 from .io.png import RESAMPLE_MODES
 from .protectors import PROTECTORS
+from .transforms.defenses import DEFENSES
 from .utils import MedueError, parse_fraction
 
 __all__ = ["main", "build_parser"]
@@ -199,6 +200,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         progress=not args.no_progress,
         data_root=args.data_root,
+        defense=args.defense,
     )
     if manifest.get("task") == "segmentation":
         from .pipeline.segmentation import evaluate_segmentation
@@ -361,6 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--epochs", type=int, default=None, help="override the recipe's epochs (default: the recipe's)"
+    )
+    evaluate.add_argument(
+        "--defense",
+        choices=list(DEFENSES),
+        default="none",
+        help="exploiter-side counter-measure applied to the training images of both runs (protected and clean; "
+        "the test split stays clean): 3x3 mean / median / Gaussian filter, JPEG at quality 60 / 30, center crop "
+        "removing 20%% of each side, or image shortcut squeezing (grayscale, JPEG quality 10)",
     )
     evaluate.add_argument(
         "--output",

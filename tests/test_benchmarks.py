@@ -193,3 +193,39 @@ def test_reuse_takes_a_row_with_its_timings_from_another_report(seg_run):
         baselines.run(baselines_args(baselines, [*other, "--name", "x", "--reuse", f"ar={report_path}"]))
     with pytest.raises(SystemExit, match="no 'tap' row"):
         baselines.run(baselines_args(baselines, [*common, "--name", "x", "--reuse", f"tap={report_path}"]))
+
+
+def test_defense_runs_every_exploiter_on_defended_training_images(seg_run):
+    baselines, root, common, first = seg_run
+    argv = [*common, "--methods", "clean,lsp", "--name", "defended", "--defense", "center-crop20", "--resume"]
+    lsp_folder = Path(first["results"]["lsp"]["output"])
+    written = (lsp_folder / "manifest.json").stat().st_mtime_ns
+    report = baselines.run(baselines_args(baselines, argv))
+    assert report["defense"] == "center-crop20"
+    # --resume reuses the finished protected copy of the same setting instead of protecting again
+    row = report["results"]["lsp"]
+    assert row["protected_copy_reused"] and (lsp_folder / "manifest.json").stat().st_mtime_ns == written
+    assert (lsp_folder / "results_center-crop20.json").is_file() and (lsp_folder / "results.json").is_file()
+    args = baselines_args(baselines, argv)
+    args.task = "segmentation"
+    assert baselines._finished_copy(lsp_folder, "lsp-seg", {}, args) is not None
+    assert baselines._finished_copy(lsp_folder, "lsp-seg", {"patch_size": 4}, args) is None
+    assert baselines._finished_copy(lsp_folder, "ar-seg", {}, args) is None
+    args.seed, args.resample = 0, "inverse"
+    assert baselines._finished_copy(lsp_folder, "lsp-seg", {}, args) is None
+    assert report["results"]["clean"]["repetitions"][0]["defense"] == "center-crop20"
+    assert report["results"]["clean"]["dice"] != first["results"]["clean"]["dice"]
+    assert "`center-crop20`" in (root / "results" / "defended.md").read_text()
+    assert "--defense center-crop20" in report["results"]["lsp"]["commands"][1]
+    # a report or results of another defense cannot be resumed or reused
+    with pytest.raises(SystemExit, match=r"another setting \(defense\)"):
+        baselines.run(
+            baselines_args(
+                baselines, [*common, "--methods", "clean,lsp", "--name", "first", "--resume"] + ["--defense", "mean3"]
+            )
+        )
+    lsp_results = Path(first["results"]["lsp"]["output"]) / "results.json"
+    with pytest.raises(SystemExit, match="defense 'none' != 'mean3'"):
+        baselines.run(
+            baselines_args(baselines, [*common, "--name", "x", "--defense", "mean3", "--reuse", f"lsp={lsp_results}"])
+        )

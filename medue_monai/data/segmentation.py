@@ -312,6 +312,9 @@ class SegmentationDataset(Dataset):
         spatial_size: working side length (images are resized to ``spatial_size`` squared).
         channels: channel count served (default: the records' maximum; grey images are repeated).
         cache: keep decoded, resized items in memory after their first read.
+        defense: an exploiter-side counter-measure
+            (:data:`medue_monai.transforms.defenses.DEFENSES`) applied to each decoded pair at its
+            original size, before resizing, as someone preprocessing the files would (``none``: as read).
     """
 
     def __init__(
@@ -320,11 +323,15 @@ class SegmentationDataset(Dataset):
         spatial_size: int = 224,
         channels: int | None = None,
         cache: bool = False,
+        defense: str = "none",
     ) -> None:
+        from ..transforms.defenses import check_defense
+
         self.records = list(records)
         self.spatial_size = int(spatial_size)
         self.channels = int(channels or max((r.channels for r in self.records), default=1))
         self.cache = bool(cache)
+        self.defense = check_defense(defense)
         self._cache: dict[int, dict[str, Any]] = {}
 
     def preload(self, num_threads: int = 4) -> SegmentationDataset:
@@ -357,6 +364,10 @@ class SegmentationDataset(Dataset):
         mask = read_mask_array(record.label)
         if mask.shape != image.shape[:2]:
             raise MedueError(f"{record.label}: mask size differs from its image {record.image}")
+        if self.defense != "none":
+            from ..transforms.defenses import apply_defense_to_pair
+
+            image, mask = apply_defense_to_pair(image, mask, self.defense)
         meta = {
             "filename_or_obj": str(record.image),
             "original_size": list(image.shape[:2]),

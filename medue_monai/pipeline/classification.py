@@ -37,6 +37,7 @@ from ..io import (
 )
 from ..io.npz import write_npz
 from ..protectors import get_protector_class
+from ..transforms.defenses import apply_defense, check_defense
 from ..utils import MedueError, resolve_device, set_seed
 from .resume import attach_fit_checkpoint
 
@@ -213,6 +214,7 @@ def evaluate_classification(
     progress: bool = True,
     data_root: str | None = None,
     clean_run: dict[str, Any] | None = None,
+    defense: str | None = None,
 ) -> dict[str, Any]:
     """Train the exploiter on the protected copy (read back from disk) and on the clean one; test both on clean data.
 
@@ -231,15 +233,21 @@ def evaluate_classification(
             and seed (its ``clean`` entry plus ``curves``: ``{**results["clean"], "curves":
             results["curves"]["clean"]}``), reused instead of training it again (benchmarks that compare
             several protectors of one dataset); ``None`` trains it.
+        defense: an exploiter-side counter-measure from
+            :data:`~medue_monai.transforms.defenses.DEFENSES`, applied to the training images of both
+            runs (the test split stays clean); ``None`` is the recipe's (``none`` unless it names one).
 
     Returns:
         Results with ``task``, ``clean``/``protected`` test accuracies (%), ``invisibility``, ``budget``.
 
     Raises:
-        MedueError: for a recipe of another task, or a ``clean_run`` with another number of epochs.
+        MedueError: for a recipe of another task, an unknown defense, or a ``clean_run`` with another
+            number of epochs or another defense.
     """
     manifest, arrays, clean = load_protected_classification(protected, data_root)
-    recipe_config = get_recipe(recipe, epochs=epochs)
+    recipe_config = get_recipe(recipe, epochs=epochs, defense=defense)
+    defense = check_defense(recipe_config.get("defense"))
+    recipe_config["defense"] = defense
     if recipe_config["task"] != "classification":
         raise MedueError(f"recipe {recipe!r} is for {recipe_config['task']}, not classification")
     exploiter = exploiter or recipe_config["network"]
@@ -253,12 +261,15 @@ def evaluate_classification(
             raise MedueError(
                 f"clean_run was trained for {trained_epochs} epochs, this evaluation uses {recipe_config['epochs']}"
             )
+        if clean_run.get("defense", "none") != defense:
+            earlier = clean_run.get("defense", "none")
+            raise MedueError(f"clean_run was trained with defense {earlier!r}, this evaluation uses {defense!r}")
         runs["clean"] = clean_run
         splits = splits[1:]
     for name, train_images in splits:
         runs[name] = train_exploiter(
             recipe_config,
-            train_images,
+            apply_defense(train_images, defense),
             clean.labels("train"),
             clean.images("test"),
             clean.labels("test"),
@@ -270,6 +281,7 @@ def evaluate_classification(
             progress=progress,
             description=f"{exploiter} on {name}",
         )
+        runs[name]["defense"] = defense
     results = {
         "task": "classification",
         "dataset": manifest["dataset"]["name"],
@@ -277,6 +289,7 @@ def evaluate_classification(
         "recipe": recipe_config,
         "exploiter": exploiter,
         "seed": seed,
+        "defense": defense,
         "device": str(resolve_device(device)),
         "clean": {k: v for k, v in runs["clean"].items() if k != "curves"},
         "protected": {k: v for k, v in runs["protected"].items() if k != "curves"},

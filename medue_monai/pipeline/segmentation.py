@@ -43,6 +43,7 @@ from ..io.manifest import build_manifest, protector_record, read_manifest, write
 from ..io.png import RESAMPLE_MODES, apply_delta_uint8, copy_mask, write_png
 from ..protectors import get_protector_class
 from ..protectors import umed as _umed  # noqa: F401  (registers "umed")
+from ..transforms.defenses import check_defense
 from ..utils import MedueError, resolve_device, set_seed
 from .resume import attach_fit_checkpoint
 
@@ -449,6 +450,7 @@ def evaluate_segmentation(
     progress: bool = True,
     data_root: str | None = None,
     clean_run: dict[str, Any] | None = None,
+    defense: str | None = None,
 ) -> dict:
     """Train an exploiter on the protected train split (read back from disk) and on the clean one.
 
@@ -471,22 +473,28 @@ def evaluate_segmentation(
             results["curves"]["clean"]}``, plus the earlier ``split_sha256`` when known, which must match
             this copy's split), reused instead of training it again (benchmarks that compare several
             protectors of one dataset); ``None`` trains it.
+        defense: an exploiter-side counter-measure from
+            :data:`~medue_monai.transforms.defenses.DEFENSES`, applied to the training pairs of both runs
+            at their original size (the test split stays clean); ``None`` is the recipe's (``none`` unless
+            it names one).
 
     Returns:
         Results with ``clean`` / ``protected`` ``{"dice", "jaccard"}`` (%), ``invisibility``,
         ``budget``, ``curves`` and ``split_sha256`` (hash of the train/test ids, to match runs).
 
     Raises:
-        MedueError: not a segmentation output, unknown recipe / exploiter, missing files, or a
-            ``clean_run`` trained for another number of epochs or on another split.
+        MedueError: not a segmentation output, unknown recipe / exploiter / defense, missing files, or a
+            ``clean_run`` trained for another number of epochs, on another split or with another defense.
     """
     folder = Path(protected)
     manifest = read_manifest(folder)
     if manifest.get("task") != "segmentation":
         raise MedueError(f"{folder}: manifest task is {manifest.get('task')!r}, not segmentation")
-    recipe_config = get_recipe(recipe, epochs=epochs)
+    recipe_config = get_recipe(recipe, epochs=epochs, defense=defense)
     if recipe_config["task"] != "segmentation":
         raise MedueError(f"recipe {recipe!r} is for {recipe_config['task']}, not segmentation")
+    defense = check_defense(recipe_config.get("defense"))
+    recipe_config["defense"] = defense
     if exploiter not in EXPLOITERS:
         raise MedueError(f"unknown segmentation exploiter {exploiter!r}; choose from {', '.join(EXPLOITERS)}")
     split_sha256 = hashlib.sha256(json.dumps(manifest["split"], sort_keys=True).encode()).hexdigest()
@@ -498,6 +506,9 @@ def evaluate_segmentation(
             )
         if clean_run.get("split_sha256", split_sha256) != split_sha256:
             raise MedueError(f"clean_run was trained on another train/test split than the one of {folder}")
+        if clean_run.get("defense", "none") != defense:
+            earlier = clean_run.get("defense", "none")
+            raise MedueError(f"clean_run was trained with defense {earlier!r}, this evaluation uses {defense!r}")
     dataset_info = manifest["dataset"]
     source_path = Path(dataset_info["path"])
     if not source_path.exists() and data_root is not None:
@@ -521,7 +532,7 @@ def evaluate_segmentation(
         runs["clean"] = {k: v for k, v in clean_run.items() if k != "split_sha256"}
         splits = splits[1:]
     for name, records in splits:
-        train = SegmentationDataset(records, size, channels, cache=True).preload(threads)
+        train = SegmentationDataset(records, size, channels, cache=True, defense=defense).preload(threads)
         runs[name] = train_segmentation_exploiter(
             recipe_config,
             exploiter,
@@ -533,6 +544,7 @@ def evaluate_segmentation(
             progress=progress,
             description=f"{exploiter} on {name}",
         )
+        runs[name]["defense"] = defense
     accumulator = _BudgetAccumulator(ssim=True)
     for clean_record, protected_record in zip(clean_train_records, protected_records, strict=True):
         accumulator.add(read_image_array(clean_record.image), read_image_array(protected_record.image))
@@ -544,6 +556,7 @@ def evaluate_segmentation(
         "recipe": recipe_config,
         "exploiter": exploiter,
         "seed": seed,
+        "defense": defense,
         "device": str(torch_device),
         "clean": {k: v for k, v in runs["clean"].items() if k != "curves"},
         "protected": {k: v for k, v in runs["protected"].items() if k != "curves"},

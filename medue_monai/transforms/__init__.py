@@ -1,5 +1,6 @@
-"""MONAI transforms: protectors as array/dictionary transforms."""
+"""MONAI transforms: protectors and exploiter-side defenses as array/dictionary transforms."""
 
+from .defenses import DEFENSES, Defense, DefenseD, Defensed, DefenseDict, apply_defense
 from .protect import (
     Protect,
     ProtectD,
@@ -13,6 +14,12 @@ from .protect import (
 from .umed import UMedProtect, UMedProtectD, UMedProtectd, UMedProtectDict
 
 __all__ = [
+    "DEFENSES",
+    "Defense",
+    "DefenseD",
+    "DefenseDict",
+    "Defensed",
+    "apply_defense",
     "Protect",
     "ProtectD",
     "ProtectDict",
