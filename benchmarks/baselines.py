@@ -416,11 +416,17 @@ def _matches(earlier: dict[str, Any], args: argparse.Namespace, dataset: str) ->
     return "; ".join(wrong) or None
 
 
-def _earlier_results(path: Path, flag: str, args: argparse.Namespace, dataset: str) -> dict[str, Any]:
-    """An earlier ``medue evaluate`` results file of this run's setting; ``flag`` names the option in errors."""
-    if not path.is_file():
-        raise SystemExit(f"{flag}: no such file")
-    earlier = json.loads(path.read_text())
+def _earlier_results(
+    path: Path, flag: str, args: argparse.Namespace, dataset: str, earlier: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """An earlier ``medue evaluate`` results file of this run's setting; ``flag`` names the option in errors.
+
+    ``earlier`` is the file's content when the caller has already read it.
+    """
+    if earlier is None:
+        if not path.is_file():
+            raise SystemExit(f"{flag}: no such file")
+        earlier = json.loads(path.read_text())
     reason = _matches(earlier, args, dataset)
     if reason:
         raise SystemExit(f"{flag}: another setting ({reason})")
@@ -439,14 +445,13 @@ def _changed_setting(earlier_report: dict[str, Any], report: dict[str, Any]) -> 
     return [key for key in REPORT_SETTING if earlier_report.get(key) != report[key]]
 
 
-def _row_from_report(method: str, path: Path, report: dict[str, Any]) -> dict[str, Any]:
+def _row_from_report(method: str, path: Path, earlier: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
     """A row of an earlier baselines report of the same setting, with the machine it ran on (``--reuse``).
 
     The row keeps its own timings and memory; ``reused_from`` and ``reused_machine`` say where they were
     measured. Its clean run is the earlier report's first clean repetition.
     """
     flag = f"--reuse {method}={path}"
-    earlier = json.loads(path.read_text())
     changed = _changed_setting(earlier, report)
     if changed:
         raise SystemExit(f"{flag}: another setting ({', '.join(changed)})")
@@ -476,9 +481,10 @@ def _reused_row(
     """
     if not path.is_file():
         raise SystemExit(f"--reuse {method}={path}: no such file")
-    if "results" in json.loads(path.read_text()):
-        return _row_from_report(method, path, report)
-    earlier = _earlier_results(path, f"--reuse {method}={path}", args, dataset)
+    earlier = json.loads(path.read_text())
+    if "results" in earlier:
+        return _row_from_report(method, path, earlier, report)
+    earlier = _earlier_results(path, f"--reuse {method}={path}", args, dataset, earlier)
     if earlier.get("method") != PROTECTORS[task][method]:
         raise SystemExit(f"--reuse {method}={path}: results of method {earlier.get('method')!r}")
     return {

@@ -20,6 +20,7 @@ from monai.data import MetaTensor
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from ..transforms.defenses import apply_defense_to_pair, check_defense
 from ..utils import MedueError
 
 __all__ = [
@@ -325,8 +326,6 @@ class SegmentationDataset(Dataset):
         cache: bool = False,
         defense: str = "none",
     ) -> None:
-        from ..transforms.defenses import check_defense
-
         self.records = list(records)
         self.spatial_size = int(spatial_size)
         self.channels = int(channels or max((r.channels for r in self.records), default=1))
@@ -365,8 +364,6 @@ class SegmentationDataset(Dataset):
         if mask.shape != image.shape[:2]:
             raise MedueError(f"{record.label}: mask size differs from its image {record.image}")
         if self.defense != "none":
-            from ..transforms.defenses import apply_defense_to_pair
-
             image, mask = apply_defense_to_pair(image, mask, self.defense)
         meta = {
             "filename_or_obj": str(record.image),

@@ -159,6 +159,17 @@ def apply_defense(images: np.ndarray, name: str) -> np.ndarray:
     return _to_uint8(_low_pass(tensor, kind, parameter), squeeze)
 
 
+def _defend_mask(mask: np.ndarray, name: str) -> np.ndarray:
+    """A ``(..., H, W)`` mask after a defense: center-cropped (nearest neighbour) by the crop, else as it is."""
+    kind, parameter = DEFENSES[check_defense(name)]
+    if kind != "crop":
+        return mask
+    tensor = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))
+    leading = tensor.shape[:-2]
+    cropped = _center_crop(tensor.reshape(1, -1, *tensor.shape[-2:]), float(parameter), "nearest")
+    return cropped.reshape(*leading, *tensor.shape[-2:]).numpy().astype(mask.dtype)
+
+
 def apply_defense_to_pair(image: np.ndarray, mask: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Apply a named defense to one segmentation pair: the image as :func:`apply_defense`, the mask only
     where the geometry changes (the center crop, nearest neighbour).
@@ -171,12 +182,7 @@ def apply_defense_to_pair(image: np.ndarray, mask: np.ndarray, name: str) -> tup
     Returns:
         The defended image and mask, with the input shapes and dtypes.
     """
-    defended = apply_defense(image[None], name)[0]
-    if DEFENSES[check_defense(name)][0] != "crop":
-        return defended, mask
-    tensor = torch.from_numpy(np.ascontiguousarray(mask)).float()[None, None]
-    cropped = _center_crop(tensor, float(DEFENSES[name][1]), "nearest")[0, 0].numpy()
-    return defended, cropped.astype(mask.dtype)
+    return apply_defense(image[None], name)[0], _defend_mask(mask, name)
 
 
 class Defense(Transform):
@@ -253,9 +259,7 @@ class Defensed(MapTransform):
                     raise KeyError(f"key {key!r} is not in the data")
                 mask = d[key]
                 array = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
-                fraction = float(DEFENSES[self.defense.name][1])
-                tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
-                cropped = _center_crop(tensor, fraction, "nearest")[0].numpy().astype(array.dtype)
+                cropped = _defend_mask(array, self.defense.name)
                 d[key], *_ = convert_to_dst_type(cropped, mask, dtype=getattr(mask, "dtype", None))
         return d
 
