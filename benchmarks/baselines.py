@@ -23,11 +23,14 @@ MedMNIST; AdvT = TAP, SP = LSP; no AR or SEP column), for segmentation the UMed 
 the table (``<name>.png``) plots the clean-test score per epoch of every row, clean included.
 
 ``--defense NAME`` measures the protection against an exploiter-side counter-measure (PROTOCOL.md:
-3x3 mean / median / Gaussian filter, JPEG 60 / 30, center crop, image shortcut squeezing): every
-exploiter run, the clean-trained one included, trains on defended images and tests on the clean test
-split. With ``--resume`` and the ``--work-dir`` of an undefended run, the protected copies are reused,
-so a defense costs only the exploiter trainings; each defense's evaluation is kept as
-``results_<defense>.json`` beside the copy. Use one ``--name`` per defense.
+3x3 mean / median / Gaussian filter, JPEG 60 / 30 / 10, 2-bit depth, center crop, image shortcut
+squeezing): every exploiter run, the clean-trained one included, trains on defended images and tests on
+the clean test split. ``--augmentation crop-flip`` and ``--adversarial-eps 8/255`` are the training-time
+counter-measures (random crop + flip on every batch; adversarial training with PGD, 10 steps of 1/255),
+applied the same way and combinable with a defense. With ``--resume`` and the ``--work-dir`` of an
+undefended run, the protected copies are reused, so a counter-measure costs only the exploiter
+trainings; each evaluation is kept as ``results_<tag>.json`` beside the copy (``<tag>`` such as
+``median3`` or ``crop-flip_adv8``). Use one ``--name`` per counter-measure.
 
 The "clean" row is the clean-trained exploiter: trained once (same recipe and seed as every protected
 run) and reused by every method's evaluation; with ``--retrain-clean`` each evaluation trains it again
@@ -82,7 +85,7 @@ from medue_monai.pipeline.classification import evaluate_classification, protect
 from medue_monai.pipeline.segmentation import evaluate_segmentation, protect_segmentation
 from medue_monai.protectors import get_protector_class
 from medue_monai.transforms.defenses import DEFENSES
-from medue_monai.utils import resolve_device
+from medue_monai.utils import MedueError, parse_fraction, resolve_device
 
 METHODS = {
     "classification": ("clean", "em", "tap", "lsp", "ar", "sep", "salm"),
@@ -199,6 +202,10 @@ def _cli_commands(args: argparse.Namespace, protector: str, options: dict[str, A
         evaluate += ["--exploiter", args.exploiter]
     if args.defense != "none":
         evaluate += ["--defense", args.defense]
+    if args.augmentation != "none":
+        evaluate += ["--augmentation", args.augmentation]
+    if args.adversarial_eps > 0:
+        evaluate += ["--adversarial-eps", repr(args.adversarial_eps)]
     return [shlex.join(protect), shlex.join(evaluate)]
 
 
@@ -244,6 +251,15 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                 f"`{report['defense']}` (the test split stays clean).",
             ]
             if report.get("defense", "none") != "none"
+            else []
+        ),
+        *(
+            [
+                "",
+                "Training-time counter-measures of every exploiter run, clean included: "
+                + ", ".join(_training_counter_text(report)),
+            ]
+            if _training_counter_text(report)
             else []
         ),
         "",
@@ -325,9 +341,31 @@ def _protect(args: argparse.Namespace, protector: str, options: dict[str, Any], 
     return protect_classification(args.data, folder, protector, options, **common)
 
 
+def _training_counter_text(report: dict[str, Any]) -> list[str]:
+    """How the report's training-time counter-measures read in its table (empty when there are none)."""
+    parts = []
+    if report.get("augmentation", "none") != "none":
+        parts.append(f"augmentation `{report['augmentation']}` (random crop after 4-pixel zero padding + flip)")
+    if report.get("adversarial_eps", 0.0) > 0:
+        parts.append(f"adversarial training, PGD L-inf {report['adversarial_eps'] * 255:g}/255, 10 steps of 1/255")
+    return parts
+
+
+def counter_tag(args: argparse.Namespace) -> str:
+    """A short name of this run's counter-measures (``""`` when there are none), e.g. ``median3_adv8``."""
+    parts = [args.defense] if args.defense != "none" else []
+    if args.augmentation != "none":
+        parts.append(args.augmentation)
+    if args.adversarial_eps > 0:
+        parts.append(f"adv{args.adversarial_eps * 255:g}")
+    return "_".join(parts)
+
+
 def _results_name(args: argparse.Namespace) -> str:
-    """The evaluation's results file in a protected folder: one per defense, so runs do not overwrite each other."""
-    return "results.json" if args.defense == "none" else f"results_{args.defense}.json"
+    """The evaluation's results file in a protected folder: one per set of counter-measures, so runs do not
+    overwrite each other."""
+    tag = counter_tag(args)
+    return f"results_{tag}.json" if tag else "results.json"
 
 
 def _evaluate(args: argparse.Namespace, folder: Path, clean_run: dict[str, Any] | None) -> dict[str, Any]:
@@ -341,6 +379,8 @@ def _evaluate(args: argparse.Namespace, folder: Path, clean_run: dict[str, Any] 
         "progress": args.progress,
         "clean_run": clean_run,
         "defense": args.defense,
+        "augmentation": args.augmentation,
+        "adversarial_eps": args.adversarial_eps,
     }
     if args.task == "segmentation":
         exploiter = args.exploiter or get_recipe(args.recipe)["network"]
@@ -411,6 +451,8 @@ def _matches(earlier: dict[str, Any], args: argparse.Namespace, dataset: str) ->
         "recipe": ((earlier.get("recipe") or {}).get("name"), args.recipe),
         "epochs": ((earlier.get("recipe") or {}).get("epochs"), recipe["epochs"]),
         "defense": (earlier.get("defense", "none"), args.defense),
+        "augmentation": ((earlier.get("counter_measures") or {}).get("augmentation", "none"), args.augmentation),
+        "adversarial_eps": ((earlier.get("counter_measures") or {}).get("adversarial_eps", 0.0), args.adversarial_eps),
     }
     wrong = [f"{key} {have!r} != {want!r}" for key, (have, want) in checks.items() if have != want]
     return "; ".join(wrong) or None
@@ -433,7 +475,19 @@ def _earlier_results(
     return earlier
 
 
-REPORT_SETTING = ("task", "dataset", "recipe", "exploiter", "epochs", "seed", "limit", "resample", "defense")
+REPORT_SETTING = (
+    "task",
+    "dataset",
+    "recipe",
+    "exploiter",
+    "epochs",
+    "seed",
+    "limit",
+    "resample",
+    "defense",
+    "augmentation",
+    "adversarial_eps",
+)
 
 
 def _changed_setting(earlier_report: dict[str, Any], report: dict[str, Any]) -> list[str]:
@@ -442,6 +496,8 @@ def _changed_setting(earlier_report: dict[str, Any], report: dict[str, Any]) -> 
     # segmentation reports written before --resample existed used bilinear upsampling
     earlier_report.setdefault("resample", "bilinear" if earlier_report["task"] == "segmentation" else None)
     earlier_report.setdefault("defense", "none")  # reports written before --defense existed
+    earlier_report.setdefault("augmentation", "none")  # ... and before the training-time counter-measures
+    earlier_report.setdefault("adversarial_eps", 0.0)
     return [key for key in REPORT_SETTING if earlier_report.get(key) != report[key]]
 
 
@@ -533,6 +589,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "spatial_size": args.spatial_size if task == "segmentation" else None,
         "resample": args.resample if task == "segmentation" else None,
         "defense": args.defense,
+        "augmentation": args.augmentation,
+        "adversarial_eps": args.adversarial_eps,
         "seed": args.seed,
         "limit": args.limit,
         "methods": methods,
@@ -698,6 +756,17 @@ def _stored_clean_run(work: Path, dataset: str, report: dict[str, Any], args: ar
     return None
 
 
+def _fraction(text: str) -> float:
+    """``8/255`` or ``0.03`` as a float in [0, 1] (an argparse type)."""
+    try:
+        value = parse_fraction(text)
+    except MedueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options (every one with its default in its help)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -742,6 +811,20 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         help="exploiter-side counter-measure on the training images of every exploiter run, clean included "
         "(medue evaluate --defense; default: none)",
+    )
+    parser.add_argument(
+        "--augmentation",
+        choices=["none", "crop-flip"],
+        default="none",
+        help="training-time augmentation of every exploiter run, clean included (medue evaluate --augmentation; "
+        "default: none)",
+    )
+    parser.add_argument(
+        "--adversarial-eps",
+        type=_fraction,
+        default=0.0,
+        help="adversarial training of every exploiter run, clean included: PGD radius such as 4/255 or 8/255 "
+        "(medue evaluate --adversarial-eps; default: 0, off)",
     )
     parser.add_argument("--option", action="append", metavar="METHOD.key=VALUE", help="a method option (repeatable)")
     parser.add_argument(

@@ -201,6 +201,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         data_root=args.data_root,
         defense=args.defense,
+        augmentation=args.augmentation,
+        adversarial_eps=parse_fraction(args.adversarial_eps) if args.adversarial_eps is not None else None,
     )
     if manifest.get("task") == "segmentation":
         from .pipeline.segmentation import evaluate_segmentation
@@ -369,8 +371,22 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(DEFENSES),
         default="none",
         help="exploiter-side counter-measure applied to the training images of both runs (protected and clean; "
-        "the test split stays clean): 3x3 mean / median / Gaussian filter, JPEG at quality 60 / 30, center crop "
-        "removing 20%% of each side, or image shortcut squeezing (grayscale, JPEG quality 10)",
+        "the test split stays clean): 3x3 mean / median / Gaussian filter, JPEG at quality 60 / 30 / 10, 2 bits "
+        "per channel, center crop removing 20%% of each side, or image shortcut squeezing (grayscale, JPEG quality 10)",
+    )
+    evaluate.add_argument(
+        "--augmentation",
+        choices=["none", "crop-flip"],
+        default=None,
+        help="training-time augmentation of both runs: crop-flip = random crop after 4-pixel zero padding plus a "
+        "random left-right flip, masks included (default: the recipe's, none)",
+    )
+    evaluate.add_argument(
+        "--adversarial-eps",
+        default=None,
+        help="adversarial training of both runs: every training batch is replaced by PGD examples in this L-inf "
+        "radius (10 steps of 1/255), e.g. 4/255 or 8/255; about 11x the training time; 0 turns it off "
+        "(default: the recipe's, 0)",
     )
     evaluate.add_argument(
         "--output",

@@ -229,3 +229,37 @@ def test_defense_runs_every_exploiter_on_defended_training_images(seg_run):
         baselines.run(
             baselines_args(baselines, [*common, "--name", "x", "--defense", "mean3", "--reuse", f"lsp={lsp_results}"])
         )
+
+
+def test_training_counter_measures_run_every_exploiter_and_name_their_results(seg_run):
+    baselines, root, common, first = seg_run
+    argv = [*common, "--methods", "clean,lsp", "--name", "augmented", "--augmentation", "crop-flip", "--resume"]
+    report = baselines.run(baselines_args(baselines, argv))
+    assert report["augmentation"] == "crop-flip" and report["adversarial_eps"] == 0.0
+    lsp_folder = Path(first["results"]["lsp"]["output"])
+    assert report["results"]["lsp"]["protected_copy_reused"]
+    results = json.loads((lsp_folder / "results_crop-flip.json").read_text())
+    assert results["clean"]["augmentation"] == results["protected"]["augmentation"] == "crop-flip"
+    assert report["results"]["clean"]["dice"] != first["results"]["clean"]["dice"]
+    assert "--augmentation crop-flip" in report["results"]["lsp"]["commands"][1]
+    assert "Training-time counter-measures" in (root / "results" / "augmented.md").read_text()
+    with pytest.raises(SystemExit, match=r"another setting \(augmentation\)"):
+        baselines.run(
+            baselines_args(
+                baselines,
+                [*common, "--methods", "clean,lsp", "--name", "first", "--resume"] + ["--augmentation", "crop-flip"],
+            )
+        )
+    lsp_results = lsp_folder / "results.json"
+    with pytest.raises(SystemExit, match="adversarial_eps 0.0 != 0.01568"):
+        baselines.run(
+            baselines_args(
+                baselines, [*common, "--name", "y", "--adversarial-eps", "4/255", "--reuse", f"lsp={lsp_results}"]
+            )
+        )
+    args = baselines_args(baselines, [*common, "--defense", "median3", "--adversarial-eps", "8/255"])
+    assert (
+        baselines.counter_tag(args) == "median3_adv8" and baselines._results_name(args) == "results_median3_adv8.json"
+    )
+    with pytest.raises(SystemExit):
+        baselines_args(baselines, [*common, "--adversarial-eps", "3"])

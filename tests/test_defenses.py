@@ -48,10 +48,18 @@ def test_low_pass_filters_match_scipy(name, reference):
 
 def test_jpeg_quality_orders_the_damage_and_squeezing_greys_rgb():
     images = _images((2, 32, 32, 3), seed=2)
-    error = {q: np.abs(apply_defense(images, f"jpeg{q}").astype(int) - images).mean() for q in (60, 30)}
-    assert error[30] > error[60] > 0
+    error = {q: np.abs(apply_defense(images, f"jpeg{q}").astype(int) - images).mean() for q in (60, 30, 10)}
+    assert error[10] > error[30] > error[60] > 0
     squeezed = apply_defense(images, "iss")
     assert (squeezed[..., 0] == squeezed[..., 1]).all() and (squeezed[..., 1] == squeezed[..., 2]).all()
+
+
+def test_two_bit_depth_rounds_to_the_nearest_of_four_levels():
+    images = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
+    out = apply_defense(images, "bits2").astype(int)
+    assert set(np.unique(out)) == {0, 85, 170, 255}
+    assert np.abs(out - images).max() == 42  # half of the 85-level spacing, rounded down
+    assert out[0, 2, 10] == 0 and out[0, 2, 11] == 85  # 42 -> 0, 43 -> 85
 
 
 def test_center_crop_removes_a_fifth_of_each_side_and_crops_masks_alike():

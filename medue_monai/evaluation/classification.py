@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from ..data import ClassificationDataset
 from ..nets import get_classifier
 from ..utils import MedueError, resolve_device
+from .hardening import adversarial_examples, random_crop_flip, training_counter_measures
 
 __all__ = ["train_exploiter", "make_optimizer", "make_scheduler", "accuracy"]
 
@@ -50,23 +51,6 @@ def make_scheduler(recipe: dict[str, Any], optimizer: torch.optim.Optimizer, epo
     raise MedueError(f"recipe {recipe.get('name')}: unknown schedule {schedule!r}")
 
 
-def _augment(images: torch.Tensor, augmentation: str, generator: torch.Generator) -> torch.Tensor:
-    """Exploiter-side augmentation: ``none`` or ``crop-flip`` (4-px padded random crop + h-flip)."""
-    if augmentation in (None, "none"):
-        return images
-    if augmentation != "crop-flip":
-        raise MedueError(f"unknown augmentation {augmentation!r} (none or crop-flip)")
-    batch, _, height, width = images.shape
-    padded = F.pad(images, (4, 4, 4, 4))
-    offsets = torch.randint(0, 9, (batch, 2), generator=generator)
-    rows = (offsets[:, 0, None] + torch.arange(height)).to(images.device)
-    cols = (offsets[:, 1, None] + torch.arange(width)).to(images.device)
-    batch_index = torch.arange(batch, device=images.device)[:, None, None]
-    cropped = padded.permute(0, 2, 3, 1)[batch_index, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    flip = (torch.rand(batch, generator=generator) < 0.5).to(images.device)
-    return torch.where(flip[:, None, None, None], cropped.flip(-1), cropped)
-
-
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> float:
     """Top-1 accuracy in percent of ``model`` over ``loader``."""
@@ -96,6 +80,9 @@ def train_exploiter(
 ) -> dict[str, Any]:
     """Train a fresh exploiter from scratch on ``train_*`` with a recipe and test it on ``test_*`` each epoch.
 
+    The recipe's training-time counter-measures (``augmentation``, ``adversarial_eps``: see
+    :mod:`medue_monai.evaluation.hardening`) apply to every training batch, in that order.
+
     Args:
         recipe: a recipe from :func:`medue_monai.evaluation.recipes.get_recipe`.
         train_images: ``(N, H, W[, C])`` uint8 training images (protected or clean, as read from disk).
@@ -105,7 +92,7 @@ def train_exploiter(
         exploiter: network name (``resnet18``, ``resnet50``, ``vgg11``, ``densenet121``).
         num_classes: number of classes.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
-        seed: seed for initialisation, shuffling and augmentation (same seed, same run).
+        seed: seed for initialisation, shuffling, augmentation and adversarial starts (same seed, same run).
         num_workers: DataLoader workers.
         progress: show a tqdm bar.
         description: label of the progress bar.
@@ -114,6 +101,7 @@ def train_exploiter(
         ``{"test_accuracy": final %, "best_test_accuracy": %, "best_epoch": int, "curves": {...}}``
         where curves hold per-epoch ``train_loss``, ``train_accuracy`` and ``test_accuracy``.
     """
+    hardening = training_counter_measures(recipe)
     device = resolve_device(device)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -140,7 +128,19 @@ def train_exploiter(
         for batch in train_loader:
             images = batch["image"].as_tensor().to(device)
             labels = batch["label"].reshape(-1).to(device)
-            images = _augment(images, recipe.get("augmentation", "none"), generator)
+            if hardening["augmentation"] == "crop-flip":
+                images, _ = random_crop_flip(images, generator=generator)
+            if hardening["adversarial_eps"] > 0:
+                images = adversarial_examples(
+                    model,
+                    images,
+                    labels,
+                    F.cross_entropy,
+                    eps=hardening["adversarial_eps"],
+                    steps=hardening["adversarial_steps"],
+                    step_size=hardening["adversarial_step_size"],
+                    generator=generator,
+                )
             logits = model(images)
             loss = F.cross_entropy(logits, labels)
             optimizer.zero_grad(set_to_none=True)

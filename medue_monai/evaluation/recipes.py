@@ -7,9 +7,27 @@ from typing import Any
 
 import yaml
 
+from ..transforms.defenses import check_defense
 from ..utils import MedueError
+from .hardening import training_counter_measures
 
-__all__ = ["RECIPES_FILE", "get_recipe", "recipe_names"]
+__all__ = [
+    "COUNTER_MEASURE_DEFAULTS",
+    "RECIPES_FILE",
+    "check_counter_measures",
+    "counter_measures",
+    "get_recipe",
+    "recipe_names",
+]
+
+#: what a run recorded before a counter-measure existed had: none of them.
+COUNTER_MEASURE_DEFAULTS: dict[str, Any] = {
+    "defense": "none",
+    "augmentation": "none",
+    "adversarial_eps": 0.0,
+    "adversarial_steps": 10,
+    "adversarial_step_size": 1 / 255,
+}
 
 RECIPES_FILE = Path(__file__).with_name("recipes.yaml")
 
@@ -35,3 +53,37 @@ def get_recipe(name: str, **overrides: Any) -> dict[str, Any]:
     recipe = dict(recipes[name], name=name)
     recipe.update({k: v for k, v in overrides.items() if v is not None})
     return recipe
+
+
+def counter_measures(recipe: dict[str, Any]) -> dict[str, Any]:
+    """Every exploiter-side counter-measure a recipe asks for, validated, with defaults filled in.
+
+    Args:
+        recipe: a recipe from :func:`get_recipe` (overrides applied).
+
+    Returns:
+        ``{"defense", "augmentation", "adversarial_eps", "adversarial_steps", "adversarial_step_size"}``: the
+        file-level defense (:mod:`medue_monai.transforms.defenses`) and the training-time ones
+        (:mod:`medue_monai.evaluation.hardening`).
+
+    Raises:
+        MedueError: for an unknown defense or augmentation, or adversarial settings out of range.
+    """
+    return {"defense": check_defense(recipe.get("defense")), **training_counter_measures(recipe)}
+
+
+def check_counter_measures(run: dict[str, Any], expected: dict[str, Any], what: str = "clean_run") -> None:
+    """Refuse to reuse an exploiter run trained under other counter-measures than ``expected``.
+
+    Args:
+        run: the earlier run (keys it lacks count as :data:`COUNTER_MEASURE_DEFAULTS`).
+        expected: :func:`counter_measures` of this evaluation.
+        what: how the error names the run.
+
+    Raises:
+        MedueError: naming the first counter-measure that differs.
+    """
+    for key, value in expected.items():
+        earlier = run.get(key, COUNTER_MEASURE_DEFAULTS.get(key))
+        if earlier != value:
+            raise MedueError(f"{what} was trained with {key} {earlier!r}, this evaluation uses {value!r}")

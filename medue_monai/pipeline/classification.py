@@ -22,6 +22,7 @@ from ..evaluation import (
     invisibility_metrics,
     train_exploiter,
 )
+from ..evaluation.recipes import check_counter_measures, counter_measures
 from ..evaluation.report import write_results
 from ..io import (
     atomic_output_dir,
@@ -37,7 +38,7 @@ from ..io import (
 )
 from ..io.npz import write_npz
 from ..protectors import get_protector_class
-from ..transforms.defenses import apply_defense, check_defense
+from ..transforms.defenses import apply_defense
 from ..utils import MedueError, resolve_device, set_seed
 from .resume import attach_fit_checkpoint
 
@@ -215,6 +216,8 @@ def evaluate_classification(
     data_root: str | None = None,
     clean_run: dict[str, Any] | None = None,
     defense: str | None = None,
+    augmentation: str | None = None,
+    adversarial_eps: float | None = None,
 ) -> dict[str, Any]:
     """Train the exploiter on the protected copy (read back from disk) and on the clean one; test both on clean data.
 
@@ -236,18 +239,26 @@ def evaluate_classification(
         defense: an exploiter-side counter-measure from
             :data:`~medue_monai.transforms.defenses.DEFENSES`, applied to the training images of both
             runs (the test split stays clean); ``None`` is the recipe's (``none`` unless it names one).
+        augmentation: training-time augmentation of both runs, ``none`` or ``crop-flip`` (random crop after
+            4-pixel zero padding + left-right flip, :mod:`medue_monai.evaluation.hardening`); ``None`` is the
+            recipe's.
+        adversarial_eps: adversarial training of both runs: PGD in this L-inf radius (10 steps of 1/255 unless
+            the recipe says otherwise) on every training batch; 0 turns it off; ``None`` is the recipe's.
 
     Returns:
         Results with ``task``, ``clean``/``protected`` test accuracies (%), ``invisibility``, ``budget``.
 
     Raises:
-        MedueError: for a recipe of another task, an unknown defense, or a ``clean_run`` with another
-            number of epochs or another defense.
+        MedueError: for a recipe of another task, an unknown counter-measure, or a ``clean_run`` with another
+            number of epochs or other counter-measures.
     """
     manifest, arrays, clean = load_protected_classification(protected, data_root)
-    recipe_config = get_recipe(recipe, epochs=epochs, defense=defense)
-    defense = check_defense(recipe_config.get("defense"))
-    recipe_config["defense"] = defense
+    recipe_config = get_recipe(
+        recipe, epochs=epochs, defense=defense, augmentation=augmentation, adversarial_eps=adversarial_eps
+    )
+    counter = counter_measures(recipe_config)
+    recipe_config.update(counter)
+    defense = counter["defense"]
     if recipe_config["task"] != "classification":
         raise MedueError(f"recipe {recipe!r} is for {recipe_config['task']}, not classification")
     exploiter = exploiter or recipe_config["network"]
@@ -261,9 +272,7 @@ def evaluate_classification(
             raise MedueError(
                 f"clean_run was trained for {trained_epochs} epochs, this evaluation uses {recipe_config['epochs']}"
             )
-        if clean_run.get("defense", "none") != defense:
-            earlier = clean_run.get("defense", "none")
-            raise MedueError(f"clean_run was trained with defense {earlier!r}, this evaluation uses {defense!r}")
+        check_counter_measures(clean_run, counter)
         runs["clean"] = clean_run
         splits = splits[1:]
     for name, train_images in splits:
@@ -281,7 +290,7 @@ def evaluate_classification(
             progress=progress,
             description=f"{exploiter} on {name}",
         )
-        runs[name]["defense"] = defense
+        runs[name].update(counter)
     results = {
         "task": "classification",
         "dataset": manifest["dataset"]["name"],
@@ -290,6 +299,7 @@ def evaluate_classification(
         "exploiter": exploiter,
         "seed": seed,
         "defense": defense,
+        "counter_measures": counter,
         "device": str(resolve_device(device)),
         "clean": {k: v for k, v in runs["clean"].items() if k != "curves"},
         "protected": {k: v for k, v in runs["protected"].items() if k != "curves"},

@@ -36,14 +36,14 @@ from ..data.segmentation import (
     resize_mask,
     split_ids,
 )
+from ..evaluation.hardening import adversarial_examples, random_crop_flip, training_counter_measures
 from ..evaluation.invisibility import invisibility_metrics
-from ..evaluation.recipes import get_recipe
+from ..evaluation.recipes import check_counter_measures, counter_measures, get_recipe
 from ..io.atomic import atomic_output_dir, atomic_output_file, check_output_dir, check_output_file, protector_path
 from ..io.manifest import build_manifest, protector_record, read_manifest, write_manifest
 from ..io.png import RESAMPLE_MODES, apply_delta_uint8, copy_mask, write_png
 from ..protectors import get_protector_class
 from ..protectors import umed as _umed  # noqa: F401  (registers "umed")
-from ..transforms.defenses import check_defense
 from ..utils import MedueError, resolve_device, set_seed
 from .resume import attach_fit_checkpoint
 
@@ -380,13 +380,18 @@ def train_segmentation_exploiter(
 ) -> dict[str, Any]:
     """Train an exploiter from scratch with a recipe and test it on the clean test split every epoch.
 
+    The recipe's training-time counter-measures (``augmentation``: the masks take the same crop and flip;
+    ``adversarial_eps``: PGD on the DiceCE loss; see :mod:`medue_monai.evaluation.hardening`) apply to
+    every training batch.
+
     Args:
-        recipe: a segmentation recipe (``lr``, ``weight_decay``, ``epochs``, ``batch_size``).
+        recipe: a segmentation recipe (``lr``, ``weight_decay``, ``epochs``, ``batch_size``, optional
+            training-time counter-measures).
         exploiter: network name (see :func:`build_exploiter`).
         train: training items (protected or clean).
         test: clean test items.
         device: torch device.
-        seed: seed for weights and shuffling.
+        seed: seed for weights, shuffling, augmentation and adversarial starts.
         num_workers: DataLoader workers.
         progress: show a tqdm bar.
         description: bar label.
@@ -394,6 +399,7 @@ def train_segmentation_exploiter(
     Returns:
         ``{"dice", "jaccard", "curves": {"train_loss", "test_dice", "test_jaccard"}}`` (final epoch).
     """
+    hardening = training_counter_measures(recipe)
     generator = set_seed(seed)
     network = build_exploiter(exploiter, train.channels, train.spatial_size).to(device)
     optimizer = torch.optim.Adam(
@@ -411,6 +417,19 @@ def train_segmentation_exploiter(
         for batch in train_loader:
             images = batch["image"].as_tensor().to(device)
             labels = (batch["label"].as_tensor().to(device) > 0.5).float()
+            if hardening["augmentation"] == "crop-flip":
+                images, labels = random_crop_flip(images, labels, generator=generator)
+            if hardening["adversarial_eps"] > 0:
+                images = adversarial_examples(
+                    network,
+                    images,
+                    labels,
+                    loss_function,
+                    eps=hardening["adversarial_eps"],
+                    steps=hardening["adversarial_steps"],
+                    step_size=hardening["adversarial_step_size"],
+                    generator=generator,
+                )
             loss = loss_function(network(images), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -451,6 +470,8 @@ def evaluate_segmentation(
     data_root: str | None = None,
     clean_run: dict[str, Any] | None = None,
     defense: str | None = None,
+    augmentation: str | None = None,
+    adversarial_eps: float | None = None,
 ) -> dict:
     """Train an exploiter on the protected train split (read back from disk) and on the clean one.
 
@@ -477,24 +498,32 @@ def evaluate_segmentation(
             :data:`~medue_monai.transforms.defenses.DEFENSES`, applied to the training pairs of both runs
             at their original size (the test split stays clean); ``None`` is the recipe's (``none`` unless
             it names one).
+        augmentation: training-time augmentation of both runs, ``none`` or ``crop-flip`` (random crop after
+            4-pixel zero padding + left-right flip, :mod:`medue_monai.evaluation.hardening`); ``None`` is the
+            recipe's.
+        adversarial_eps: adversarial training of both runs: PGD in this L-inf radius (10 steps of 1/255 unless
+            the recipe says otherwise) on every training batch; 0 turns it off; ``None`` is the recipe's.
 
     Returns:
         Results with ``clean`` / ``protected`` ``{"dice", "jaccard"}`` (%), ``invisibility``,
         ``budget``, ``curves`` and ``split_sha256`` (hash of the train/test ids, to match runs).
 
     Raises:
-        MedueError: not a segmentation output, unknown recipe / exploiter / defense, missing files, or a
-            ``clean_run`` trained for another number of epochs, on another split or with another defense.
+        MedueError: not a segmentation output, unknown recipe / exploiter / counter-measure, missing files, or a
+            ``clean_run`` trained for another number of epochs, on another split or with other counter-measures.
     """
     folder = Path(protected)
     manifest = read_manifest(folder)
     if manifest.get("task") != "segmentation":
         raise MedueError(f"{folder}: manifest task is {manifest.get('task')!r}, not segmentation")
-    recipe_config = get_recipe(recipe, epochs=epochs, defense=defense)
+    recipe_config = get_recipe(
+        recipe, epochs=epochs, defense=defense, augmentation=augmentation, adversarial_eps=adversarial_eps
+    )
     if recipe_config["task"] != "segmentation":
         raise MedueError(f"recipe {recipe!r} is for {recipe_config['task']}, not segmentation")
-    defense = check_defense(recipe_config.get("defense"))
-    recipe_config["defense"] = defense
+    counter = counter_measures(recipe_config)
+    recipe_config.update(counter)
+    defense = counter["defense"]
     if exploiter not in EXPLOITERS:
         raise MedueError(f"unknown segmentation exploiter {exploiter!r}; choose from {', '.join(EXPLOITERS)}")
     split_sha256 = hashlib.sha256(json.dumps(manifest["split"], sort_keys=True).encode()).hexdigest()
@@ -506,9 +535,7 @@ def evaluate_segmentation(
             )
         if clean_run.get("split_sha256", split_sha256) != split_sha256:
             raise MedueError(f"clean_run was trained on another train/test split than the one of {folder}")
-        if clean_run.get("defense", "none") != defense:
-            earlier = clean_run.get("defense", "none")
-            raise MedueError(f"clean_run was trained with defense {earlier!r}, this evaluation uses {defense!r}")
+        check_counter_measures(clean_run, counter)
     dataset_info = manifest["dataset"]
     source_path = Path(dataset_info["path"])
     if not source_path.exists() and data_root is not None:
@@ -544,7 +571,7 @@ def evaluate_segmentation(
             progress=progress,
             description=f"{exploiter} on {name}",
         )
-        runs[name]["defense"] = defense
+        runs[name].update(counter)
     accumulator = _BudgetAccumulator(ssim=True)
     for clean_record, protected_record in zip(clean_train_records, protected_records, strict=True):
         accumulator.add(read_image_array(clean_record.image), read_image_array(protected_record.image))
@@ -557,6 +584,7 @@ def evaluate_segmentation(
         "exploiter": exploiter,
         "seed": seed,
         "defense": defense,
+        "counter_measures": counter,
         "device": str(torch_device),
         "clean": {k: v for k, v in runs["clean"].items() if k != "curves"},
         "protected": {k: v for k, v in runs["protected"].items() if k != "curves"},

@@ -2,13 +2,14 @@
 
 Each defense maps 8-bit images to 8-bit images of the same shape, as someone preprocessing the downloaded
 files would: 3x3 low-pass filters (mean, median, Gaussian with sigma 1), JPEG re-encoding at quality 60
-or 30, a center crop that removes 20 % of each side resized back to the full size, and image shortcut
-squeezing (grayscale for RGB images, then JPEG at quality 10). The evaluation applies the named defense to
+, 30 or 10, a reduction to 2 bits per channel (values 0, 85, 170, 255), a center crop that removes 20 % of
+each side resized back to the full size, and image shortcut squeezing (grayscale for RGB images, then JPEG
+at quality 10). The evaluation applies the named defense to
 the training images of BOTH exploiter runs (protected and clean), so the two numbers keep one recipe,
 and tests on the untouched clean test split. The crop also crops segmentation masks (nearest neighbour).
 
-The random crop + flip augmentation of PROTOCOL.md is a recipe key (``augmentation: crop-flip``), applied
-per batch while training; adversarial training is not implemented yet.
+The training-time counter-measures of PROTOCOL.md (random crop + flip augmentation, adversarial training)
+change the exploiter's training loop instead: see :mod:`medue_monai.evaluation.hardening`.
 
 :func:`apply_defense` is the batch form (vectorized with torch, JPEG through Pillow one image at a time);
 :class:`Defense` / :class:`Defensed` are the MONAI array and dictionary transforms over it.
@@ -48,6 +49,8 @@ DEFENSES: dict[str, tuple[str, float | None]] = {
     "gaussian3": ("gaussian", 1.0),
     "jpeg60": ("jpeg", 60),
     "jpeg30": ("jpeg", 30),
+    "jpeg10": ("jpeg", 10),
+    "bits2": ("bits", 2),
     "center-crop20": ("crop", 0.2),
     "iss": ("squeeze", 10),
 }
@@ -116,6 +119,12 @@ def _grayscale(images: np.ndarray) -> np.ndarray:
     return np.repeat(np.clip(np.round(luma), 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
 
 
+def _reduce_bits(images: np.ndarray, bits: int) -> np.ndarray:
+    """Keep ``bits`` bits per channel: round to the nearest of ``2**bits`` evenly spaced levels in [0, 255]."""
+    levels = 2**bits - 1
+    return (np.round(images.astype(np.float32) * (levels / 255.0)) * (255.0 / levels)).round().astype(np.uint8)
+
+
 def _crop_box(height: int, width: int, fraction: float) -> tuple[int, int, int, int]:
     top, left = int(round(height * fraction)), int(round(width * fraction))
     return top, height - top, left, width - left
@@ -153,6 +162,8 @@ def apply_defense(images: np.ndarray, name: str) -> np.ndarray:
         return _jpeg(images, int(parameter))
     if kind == "squeeze":
         return _jpeg(_grayscale(images), int(parameter))
+    if kind == "bits":
+        return _reduce_bits(images, int(parameter))
     tensor, squeeze = _as_nchw(images)
     if kind == "crop":
         return _to_uint8(_center_crop(tensor, float(parameter), "bilinear"), squeeze)
@@ -193,7 +204,7 @@ class Defense(Transform):
 
     Args:
         name: a key of :data:`DEFENSES` (``mean3``, ``median3``, ``gaussian3``, ``jpeg60``, ``jpeg30``,
-            ``center-crop20``, ``iss`` or ``none``).
+            ``jpeg10``, ``bits2``, ``center-crop20``, ``iss`` or ``none``).
 
     Raises:
         MedueError: for an unknown defense.
