@@ -99,7 +99,8 @@ def train_exploiter(
 
     Returns:
         ``{"test_accuracy": final %, "best_test_accuracy": %, "best_epoch": int, "curves": {...}}``
-        where curves hold per-epoch ``train_loss``, ``train_accuracy`` and ``test_accuracy``.
+        where curves hold per-epoch ``train_loss``, ``train_accuracy`` (on the batches as trained on, i.e.
+        augmented or adversarial when the recipe says so) and ``test_accuracy``.
     """
     hardening = training_counter_measures(recipe)
     device = resolve_device(device)

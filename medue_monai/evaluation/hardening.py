@@ -11,7 +11,8 @@ to the downloaded images), these change how the exploiter trains, batch by batch
   signed-gradient ascent steps of ``adversarial_step_size`` on the exploiter's own training loss, images
   kept in [0, 1]) before the optimizer step (Madry et al.'s recipe; PROTOCOL.md: 4/255 or 8/255,
   10 steps of 1/255). The attack runs with the network in training mode, as the update that follows
-  does; only the network's parameters receive no gradient from it.
+  does (batch statistics; normalization layers' running statistics also see the attack's forward
+  passes, as in the usual implementations); the network's parameters receive no gradient from it.
 
 MONAI has no adversarial attack, so the PGD loop is written here; both helpers are batched torch code.
 Recipes carry the settings as data (``augmentation``, ``adversarial_eps``, ``adversarial_steps``,
