@@ -121,3 +121,22 @@ def test_real_medmnist_loads(shared_data):
     assert source.labels("test").shape == (156, 1)
     with pytest.raises(MedueError, match="not found"):
         load_medmnist("medmnist:dermamnist", data_root=shared_data / "medmnist", download=False)
+
+
+def test_evaluation_finds_a_moved_medmnist_source_under_data_root(tmp_path):
+    from medue_monai.pipeline.classification import load_protected_classification
+
+    rng = np.random.default_rng(1)
+    arrays = {f"{s}_images": rng.integers(0, 256, (6, 28, 28), dtype=np.uint8) for s in ("train", "val", "test")}
+    arrays.update({f"{s}_labels": rng.integers(0, 2, (6, 1)) for s in ("train", "val", "test")})
+    (tmp_path / "first").mkdir()
+    np.savez(tmp_path / "first" / "tinymnist.npz", **arrays)
+    protect_classification(
+        "medmnist:tinymnist", tmp_path / "out", "lsp", {}, data_root=str(tmp_path / "first"), progress=False
+    )
+    (tmp_path / "first").rename(tmp_path / "moved")
+    with pytest.raises(MedueError, match="tinymnist"):
+        load_protected_classification(tmp_path / "out")
+    _, protected, clean = load_protected_classification(tmp_path / "out", data_root=str(tmp_path / "moved"))
+    assert np.array_equal(clean.images("train"), arrays["train_images"])
+    assert protected["train_images"].shape == arrays["train_images"].shape

@@ -183,6 +183,10 @@ def protect_classification(
 def load_protected_classification(protected: str | Path, data_root: str | None = None):
     """Read a protected folder back from disk: (manifest, protected arrays, clean source).
 
+    The clean source is the file recorded in the manifest; when that path no longer resolves (the source moved,
+    or it was recorded relative to another working folder), the recorded spec is loaded again, ``medmnist:<name>``
+    looked up under ``data_root``.
+
     Raises:
         MedueError: when the folder or its npz is missing or its manifest is not a classification one.
     """
@@ -195,7 +199,10 @@ def load_protected_classification(protected: str | Path, data_root: str | None =
         raise MedueError(f"{npz_path}: protected npz is missing")
     with np.load(npz_path, allow_pickle=False) as npz:
         arrays = {key: npz[key] for key in npz.files}
-    spec = manifest["input"]["path"] or manifest["input"]["spec"]
+    # the recorded file when it is still there (a relative path counts from the current folder); else the spec,
+    # so that a medmnist:<name> source is looked up again under ``data_root``
+    recorded = manifest["input"]["path"]
+    spec = recorded if recorded and Path(recorded).is_file() else manifest["input"]["spec"]
     clean = load_classification_spec(spec, data_root=data_root, limit=manifest["dataset"].get("limit"))
     if clean.images("train").shape != arrays["train_images"].shape:
         raise MedueError(f"{npz_path}: train split shape differs from the clean source {spec}")
