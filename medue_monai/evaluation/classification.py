@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from ..data import ClassificationDataset
 from ..nets import get_classifier
 from ..utils import MedueError, resolve_device
-from .hardening import adversarial_examples, random_crop_flip, training_counter_measures
+from .hardening import harden_batch, training_counter_measures
 
 __all__ = ["train_exploiter", "make_optimizer", "make_scheduler", "accuracy"]
 
@@ -129,19 +129,9 @@ def train_exploiter(
         for batch in train_loader:
             images = batch["image"].as_tensor().to(device)
             labels = batch["label"].reshape(-1).to(device)
-            if hardening["augmentation"] == "crop-flip":
-                images, _ = random_crop_flip(images, generator=generator)
-            if hardening["adversarial_eps"] > 0:
-                images = adversarial_examples(
-                    model,
-                    images,
-                    labels,
-                    F.cross_entropy,
-                    eps=hardening["adversarial_eps"],
-                    steps=hardening["adversarial_steps"],
-                    step_size=hardening["adversarial_step_size"],
-                    generator=generator,
-                )
+            images, labels = harden_batch(
+                model, images, labels, F.cross_entropy, hardening, targets_are_masks=False, generator=generator
+            )
             logits = model(images)
             loss = F.cross_entropy(logits, labels)
             optimizer.zero_grad(set_to_none=True)

@@ -32,6 +32,7 @@ from ..utils import MedueError
 __all__ = [
     "AUGMENTATIONS",
     "adversarial_examples",
+    "harden_batch",
     "random_crop_flip",
     "training_counter_measures",
 ]
@@ -151,3 +152,44 @@ def adversarial_examples(
         for parameter, flag in zip(model.parameters(), requires_grad, strict=True):
             parameter.requires_grad_(flag)
     return adversarial.detach()
+
+
+def harden_batch(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    settings: dict[str, Any],
+    *,
+    targets_are_masks: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply the training-time counter-measures to one training batch: augmentation first, then the attack.
+
+    Args:
+        model: the network being trained (the attack's target).
+        images: ``(B, C, H, W)`` batch in [0, 1].
+        targets: class indices, or ``(B, 1, H, W)`` masks.
+        loss_function: the exploiter's training loss.
+        settings: :func:`training_counter_measures` of the recipe.
+        targets_are_masks: segmentation: the masks take the images' crop and flip.
+        generator: CPU random generator (crops, flips and random starts).
+
+    Returns:
+        ``(images, targets)`` to train on.
+    """
+    if settings["augmentation"] == "crop-flip":
+        images, moved = random_crop_flip(images, targets if targets_are_masks else None, generator=generator)
+        targets = moved if targets_are_masks else targets
+    if settings["adversarial_eps"] > 0:
+        images = adversarial_examples(
+            model,
+            images,
+            targets,
+            loss_function,
+            eps=settings["adversarial_eps"],
+            steps=settings["adversarial_steps"],
+            step_size=settings["adversarial_step_size"],
+            generator=generator,
+        )
+    return images, targets

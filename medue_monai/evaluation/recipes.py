@@ -21,13 +21,7 @@ __all__ = [
 ]
 
 #: what a run recorded before a counter-measure existed had: none of them.
-COUNTER_MEASURE_DEFAULTS: dict[str, Any] = {
-    "defense": "none",
-    "augmentation": "none",
-    "adversarial_eps": 0.0,
-    "adversarial_steps": 10,
-    "adversarial_step_size": 1 / 255,
-}
+COUNTER_MEASURE_DEFAULTS: dict[str, Any] = {"defense": "none", **training_counter_measures({})}
 
 RECIPES_FILE = Path(__file__).with_name("recipes.yaml")
 

@@ -36,7 +36,7 @@ from ..data.segmentation import (
     resize_mask,
     split_ids,
 )
-from ..evaluation.hardening import adversarial_examples, random_crop_flip, training_counter_measures
+from ..evaluation.hardening import harden_batch, training_counter_measures
 from ..evaluation.invisibility import invisibility_metrics
 from ..evaluation.recipes import check_counter_measures, counter_measures, get_recipe
 from ..io.atomic import atomic_output_dir, atomic_output_file, check_output_dir, check_output_file, protector_path
@@ -417,19 +417,9 @@ def train_segmentation_exploiter(
         for batch in train_loader:
             images = batch["image"].as_tensor().to(device)
             labels = (batch["label"].as_tensor().to(device) > 0.5).float()
-            if hardening["augmentation"] == "crop-flip":
-                images, labels = random_crop_flip(images, labels, generator=generator)
-            if hardening["adversarial_eps"] > 0:
-                images = adversarial_examples(
-                    network,
-                    images,
-                    labels,
-                    loss_function,
-                    eps=hardening["adversarial_eps"],
-                    steps=hardening["adversarial_steps"],
-                    step_size=hardening["adversarial_step_size"],
-                    generator=generator,
-                )
+            images, labels = harden_batch(
+                network, images, labels, loss_function, hardening, targets_are_masks=True, generator=generator
+            )
             loss = loss_function(network(images), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
