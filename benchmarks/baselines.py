@@ -225,6 +225,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     machine = report["machine"]
     score_title = "test acc." if task == "classification" else "Dice % (Jaccard %)"
     unit = "Clean-test accuracy (%)" if task == "classification" else "Clean-test foreground Dice and Jaccard (%)"
+    extra = ["balanced acc.", "ROC AUC"] if task == "classification" else []
     lines = [
         f"# Baselines on {dataset} ({report['recipe']}, exploiter {report['exploiter'] or 'recipe default'})",
         "",
@@ -263,9 +264,20 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
             else []
         ),
         "",
-        f"| method | ours: {score_title} | paper | PSNR (dB) | norm | budget | realized max "
-        "| protect s | protect img/s | evaluate s | peak RSS MB | peak GPU MB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *(
+            [
+                "Balanced accuracy (mean of the per-class recalls) and ROC AUC are 50 % for an exploiter that "
+                "learned nothing, whatever the class balance (accuracy is then the share of the class it answers).",
+                "",
+            ]
+            if extra
+            else []
+        ),
+        f"| method | ours: {score_title} | "
+        + "".join(f"{column} | " for column in extra)
+        + "paper | PSNR (dB) | norm | budget | realized max | protect s | protect img/s | evaluate s "
+        "| peak RSS MB | peak GPU MB |",
+        "| --- " * (12 + len(extra)) + "|",
     ]
     reused = []
     for method in report["methods"]:
@@ -290,6 +302,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                 [
                     label,
                     score,
+                    *([_fmt(row.get("test_balanced_accuracy")), _fmt(row.get("test_auc"))] if extra else []),
                     _fmt(paper.get(method), 2 if task == "segmentation" else 1),
                     _fmt(row.get("psnr"), 2),
                     _fmt(budget.get("norm")),
@@ -403,6 +416,11 @@ def _score_row(task: str, results: dict[str, Any]) -> dict[str, Any]:
     return {
         "test_accuracy": results["protected"]["test_accuracy"],
         "clean_test_accuracy": results["clean"]["test_accuracy"],
+        # absent from evaluations written before balanced accuracy and AUC were measured
+        "test_balanced_accuracy": results["protected"].get("test_balanced_accuracy"),
+        "test_auc": results["protected"].get("test_auc"),
+        "clean_test_balanced_accuracy": results["clean"].get("test_balanced_accuracy"),
+        "clean_test_auc": results["clean"].get("test_auc"),
         **curves,
     }
 
@@ -623,6 +641,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             report["results"]["clean"] = {
                 SCORE[task]: first[SCORE[task]] if first else None,
                 **({"jaccard": first["jaccard"]} if first and task == "segmentation" else {}),
+                **(
+                    {key: first.get(key) for key in ("test_balanced_accuracy", "test_auc")}
+                    if first and task == "classification"
+                    else {}
+                ),
                 "repetitions": clean_runs,
                 "psnr": None,
                 "budget": None,

@@ -218,12 +218,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         results = evaluate_classification(args.protected, args.recipe or "cls-quick", args.exploiter, **common)
         print(
             f"{results['exploiter']} clean-test accuracy: clean-trained {results['clean']['test_accuracy']:.2f}%, "
-            f"protected-trained {results['protected']['test_accuracy']:.2f}%; PSNR "
+            f"protected-trained {results['protected']['test_accuracy']:.2f}%; balanced accuracy "
+            f"{_percent(results['clean'].get('test_balanced_accuracy'))} vs "
+            f"{_percent(results['protected'].get('test_balanced_accuracy'))}; ROC AUC "
+            f"{_percent(results['clean'].get('test_auc'))} vs {_percent(results['protected'].get('test_auc'))}; PSNR "
             f"{results['invisibility']['psnr']:.2f} dB, SSIM {results['invisibility']['ssim']:.4f}"
         )
     if args.output is None:
         print(json.dumps({k: results[k] for k in ("clean", "protected", "invisibility", "budget")}, indent=2))
     return 0
+
+
+def _percent(value: float | None) -> str:
+    """``12.34%``, or ``n/a`` for a metric that is undefined (or absent from a reused run)."""
+    return "n/a" if value is None else f"{value:.2f}%"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -71,7 +71,9 @@ def test_protect_and_evaluate_breastmnist(shared_data, tmp_path, capsys):
     assert results["task"] == "classification"
     for run in ("clean", "protected"):
         assert 0.0 <= results[run]["test_accuracy"] <= 100.0
+        assert 0.0 <= results[run]["test_balanced_accuracy"] <= 100.0 and 0.0 <= results[run]["test_auc"] <= 100.0
     assert results["invisibility"]["psnr"] > 35.0 and 0.9 < results["invisibility"]["ssim"] <= 1.0
     assert results["budget"]["linf_max"] <= 8 / 255 + 1e-9 and 0 < results["budget"]["l0_share"] <= 0.1
     assert (tmp_path / "results.png").stat().st_size > 1000
-    assert "clean-trained" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "clean-trained" in out and "ROC AUC" in out

@@ -250,3 +250,29 @@ def test_auto_surrogate_resolves_by_device_and_is_recorded():
     assert SALMProtector(surrogate="resnet18", lr=0.05, device="cpu").config()["lr"] == 0.05
     # a saved config names the resolved network, so loading elsewhere rebuilds the same surrogate
     assert SALMProtector(**{**cpu.config(), "device": "cpu"}).config() == cpu.config()
+
+
+def test_paper_literal_mode_masks_each_step_but_does_not_bound_the_released_positions():
+    source = load_classification_spec(SPEC)
+    limit = positions_to_keep(16 * 16, 10.0)
+    protector = SALMProtector(eps=EPS, k=10, epochs=3, l0_projection="none", device="cpu", progress=False, seed=0)
+    seen = []
+    original = protector._sign_step
+
+    def spy(rows, gradient, images):
+        before = rows.clone()
+        after = original(rows, gradient, images)
+        changed = ((after - before).abs().sum(dim=1) > 0).flatten(1).sum(dim=1)
+        seen.append(int(changed.max()))
+        return after
+
+    protector._sign_step = spy
+    protector.fit(_loader(source), source.num_classes, 24)
+    assert max(seen) <= limit, "each sign step moves at most K% of the positions"
+    touched = (protector.delta.abs().sum(dim=1) > 0).flatten(1).sum(dim=1)
+    assert int(touched.max()) > limit, "the union over steps is released without an L0 projection"
+    assert float(protector.delta.abs().max()) <= EPS + 1e-7
+    batch = next(iter(_loader(source)))
+    new = protector.perturb(batch["image"], batch["label"])
+    assert float(new.abs().max()) <= EPS + 1e-7
+    assert int((new.abs().sum(dim=1) > 0).flatten(1).sum(dim=1).max()) > limit
