@@ -95,7 +95,7 @@ def test_metrics(
             auc = float(compute_roc_auc(scores, onehot, average="macro"))
     return {
         "accuracy": 100.0 * int(correct.sum()) / max(len(target), 1),
-        "balanced_accuracy": 100.0 * sum(recalls) / len(recalls),
+        "balanced_accuracy": 100.0 * sum(recalls) / max(len(recalls), 1),
         "auc": None if auc is None else 100.0 * auc,
     }
 
