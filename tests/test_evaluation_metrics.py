@@ -94,3 +94,14 @@ def test_baselines_table_shows_balanced_accuracy_and_auc_for_classification(tmp_
     cells = [cell.strip() for cell in salm.strip("|").split("|")]
     assert cells[:4] == ["salm", "62.8", "51.2", "48.8"]
     assert len(cells) == len(header.strip("|").split("|"))
+
+
+def test_learning_curves_draw_auc_with_gaps_for_undefined_epochs(tmp_path):
+    from medue_monai.evaluation.plots import plot_learning_curves
+
+    runs = {
+        "clean": {"test_accuracy": [50.0, 70.0], "test_auc": [None, 80.0]},
+        "protected": {"test_accuracy": [40.0, 45.0]},
+    }
+    path = plot_learning_curves(runs, "test_accuracy", tmp_path / "curves.png", "t", also=("test_auc",))
+    assert path.stat().st_size > 1000

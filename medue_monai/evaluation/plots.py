@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -12,7 +13,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 __all__ = ["plot_learning_curves"]
 
 
-def plot_learning_curves(runs: dict[str, dict[str, list[float]]], metric: str, path: str | Path, title: str) -> Path:
+def _values(curve: list[float | None]) -> list[float]:
+    return [math.nan if value is None else value for value in curve]
+
+
+def plot_learning_curves(
+    runs: dict[str, dict[str, list[float]]],
+    metric: str,
+    path: str | Path,
+    title: str,
+    also: tuple[str, ...] = (),
+) -> Path:
     """Plot one metric per epoch for several runs (e.g. clean vs protected) into a PNG.
 
     Args:
@@ -21,6 +32,8 @@ def plot_learning_curves(runs: dict[str, dict[str, list[float]]], metric: str, p
             same runs are drawn dashed when present.
         path: output PNG path.
         title: figure title.
+        also: further curve keys drawn dotted for the runs that have them (e.g. ``test_auc``); undefined
+            values (``None``) leave a gap.
 
     Returns:
         The path written.
@@ -28,8 +41,18 @@ def plot_learning_curves(runs: dict[str, dict[str, list[float]]], metric: str, p
     figure, axis = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     for index, (name, curves) in enumerate(runs.items()):
         color = f"C{index}"
-        values = curves.get(metric, [])
+        values = _values(curves.get(metric, []))
         axis.plot(range(1, len(values) + 1), values, color=color, label=f"{name}: {metric.replace('_', ' ')}")
+        for key in also:
+            if key in curves:
+                extra = _values(curves[key])
+                axis.plot(
+                    range(1, len(extra) + 1),
+                    extra,
+                    color=color,
+                    linestyle=":",
+                    label=f"{name}: {key.replace('_', ' ')}",
+                )
         train_key = metric.replace("test_", "train_")
         if train_key != metric and train_key in curves:
             train = curves[train_key]

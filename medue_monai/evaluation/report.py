@@ -31,6 +31,7 @@ def write_results(results: dict[str, Any], output: str | Path, metric: str) -> d
         metric,
         plot_path,
         f"{results['exploiter']} ({recipe}) on {results['dataset']}: clean vs {results['method']}-protected",
+        also=("test_auc",) if metric == "test_accuracy" else (),
     )
     results["learning_curves_png"] = str(plot_path)
     tmp = output.with_suffix(output.suffix + ".tmp")
