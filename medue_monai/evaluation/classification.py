@@ -54,7 +54,7 @@ def make_scheduler(recipe: dict[str, Any], optimizer: torch.optim.Optimizer, epo
 
 @torch.no_grad()
 def test_metrics(
-    model: torch.nn.Module, loader: DataLoader, device: torch.device, num_classes: int
+    model: torch.nn.Module, loader: DataLoader, device: torch.device, num_classes: int | None = None
 ) -> dict[str, float]:
     """Accuracy, balanced accuracy and ROC AUC of ``model`` over ``loader``, all in percent.
 
@@ -68,7 +68,7 @@ def test_metrics(
         model: the classifier (evaluated in eval mode).
         loader: batches with ``image`` and ``label``.
         device: where the model runs.
-        num_classes: number of classes.
+        num_classes: number of classes; ``None``: the width of the model's output.
 
     Returns:
         ``{"accuracy", "balanced_accuracy", "auc"}`` in percent; ``auc`` is ``None`` when the split holds a
@@ -82,6 +82,7 @@ def test_metrics(
         targets.append(torch.as_tensor(batch["label"]).reshape(-1).long().cpu())
     probability = torch.cat(probabilities)
     target = torch.cat(targets)
+    num_classes = probability.shape[1] if num_classes is None else num_classes
     predicted = probability.argmax(1)
     present = target.unique()
     correct = predicted == target
@@ -102,7 +103,7 @@ def test_metrics(
 
 def accuracy(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> float:
     """Top-1 accuracy in percent of ``model`` over ``loader``."""
-    return test_metrics(model, loader, device, num_classes=0)["accuracy"]
+    return test_metrics(model, loader, device)["accuracy"]
 
 
 def train_exploiter(

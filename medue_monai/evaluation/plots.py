@@ -39,30 +39,21 @@ def plot_learning_curves(
         The path written.
     """
     figure, axis = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    train_key = metric.replace("test_", "train_")
+    styles = [(metric, "-"), *((key, ":") for key in also)]
+    if train_key != metric:
+        styles.append((train_key, "--"))
     for index, (name, curves) in enumerate(runs.items()):
-        color = f"C{index}"
-        values = _values(curves.get(metric, []))
-        axis.plot(range(1, len(values) + 1), values, color=color, label=f"{name}: {metric.replace('_', ' ')}")
-        for key in also:
-            if key in curves:
-                extra = _values(curves[key])
+        for key, linestyle in styles:
+            if key == metric or key in curves:
+                values = _values(curves.get(key, []))
                 axis.plot(
-                    range(1, len(extra) + 1),
-                    extra,
-                    color=color,
-                    linestyle=":",
+                    range(1, len(values) + 1),
+                    values,
+                    color=f"C{index}",
+                    linestyle=linestyle,
                     label=f"{name}: {key.replace('_', ' ')}",
                 )
-        train_key = metric.replace("test_", "train_")
-        if train_key != metric and train_key in curves:
-            train = curves[train_key]
-            axis.plot(
-                range(1, len(train) + 1),
-                train,
-                color=color,
-                linestyle="--",
-                label=f"{name}: {train_key.replace('_', ' ')}",
-            )
     axis.set_xlabel("epoch")
     axis.set_ylabel("%")
     axis.set_title(title)
