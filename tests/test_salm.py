@@ -276,3 +276,19 @@ def test_paper_literal_mode_masks_each_step_but_does_not_bound_the_released_posi
     new = protector.perturb(batch["image"], batch["label"])
     assert float(new.abs().max()) <= EPS + 1e-7
     assert int((new.abs().sum(dim=1) > 0).flatten(1).sum(dim=1).max()) > limit
+
+
+def test_signed_rank_picks_the_largest_gradients_and_steps_down_there():
+    gradient = torch.zeros(1, 1, 10, 10)
+    gradient[0, 0, 0, :] = -5.0  # largest magnitudes, but negative
+    gradient[0, 0, 1, :] = 1.0  # the ten largest signed values
+    gradient[0, 0, 2:, :] = 0.1
+    images = torch.full((1, 1, 10, 10), 0.5)
+    rows = torch.zeros_like(images)
+    by_magnitude = SALMProtector(eps=EPS, k=10, step_size=EPS, device="cpu")._sign_step(rows, gradient, images)
+    signed = SALMProtector(eps=EPS, k=10, step_size=EPS, rank="signed", device="cpu")._sign_step(rows, gradient, images)
+    assert torch.allclose(by_magnitude[0, 0, 0], torch.full((10,), EPS)) and int((by_magnitude != 0).sum()) == 10
+    assert torch.allclose(signed[0, 0, 1], torch.full((10,), -EPS)) and int((signed != 0).sum()) == 10
+    assert SALMProtector(rank="signed", device="cpu").config()["rank"] == "signed"
+    with pytest.raises(MedueError, match="rank must"):
+        SALMProtector(rank="random", device="cpu")

@@ -18,7 +18,8 @@ def topk_position_mask(score: torch.Tensor, k_percent: float) -> torch.Tensor:
     """Binary mask of the top-K% pixel positions per sample, selected by index (ties never grow it).
 
     Args:
-        score: ``(B, C, H, W)`` non-negative importance; channels are summed per position.
+        score: ``(B, C, H, W)`` importance (the highest sums are kept; signed scores allowed); channels are
+            summed per position.
         k_percent: share of positions to keep, in (0, 100].
 
     Returns:

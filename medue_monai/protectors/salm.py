@@ -29,6 +29,7 @@ __all__ = ["SALMProtector", "EMProtector"]
 
 SCHEDULES = ("minibatch", "em")
 L0_MODES = ("every_step", "final", "anneal", "none")
+RANKS = ("magnitude", "signed")
 # ``lr=None``: the paper's SGD lr 0.1 for its ResNet-18; 0.01 for ``smallcnn``, the value all our
 # smallcnn runs (demo, CPU benchmarks) were measured with; 0.1 was not measured for it.
 SURROGATE_LR = {"smallcnn": 0.01}
@@ -112,6 +113,12 @@ class SALMProtector(Protector):
         reset_every: re-initialize the surrogate every this many epochs (0 = never), so the noise keeps
             being shaped against young networks, as an unauthorized model trained from scratch is.
             With ``schedule="em"`` epochs are rounds (for ``anneal`` too).
+        rank: how each step picks its top-K% positions from the loss gradient ``g``: ``"magnitude"``
+            (largest ``|g|``: the positions where a sign step lowers the loss most) or ``"signed"`` (largest
+            ``g``, as the paper's Algorithm 1 writes it: ``M_ij = 1 if g_ij >= g^0(k)``). Since the step is
+            ``delta - alpha * sign(M * g)``, ``"signed"`` moves pixels only downwards while at least K% of
+            the positions have a positive gradient, so the released noise is a sparse pattern of darkened
+            pixels whose positions, not signs, carry the class. Irrelevant at ``k=100`` (EM).
         progress: show tqdm progress bars.
         seed: random seed.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
@@ -145,6 +152,7 @@ class SALMProtector(Protector):
         refine_epochs: int = 0,
         anneal_fraction: float = 0.5,
         reset_every: int = 0,
+        rank: str = "magnitude",
         progress: bool = True,
         seed: int = 0,
         device: str | torch.device = "auto",
@@ -156,6 +164,8 @@ class SALMProtector(Protector):
             raise MedueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         if l0_projection not in L0_MODES:
             raise MedueError(f"l0_projection must be one of {L0_MODES}, got {l0_projection!r}")
+        if rank not in RANKS:
+            raise MedueError(f"rank must be one of {RANKS}, got {rank!r}")
         for option, value in (
             ("epochs", epochs),
             ("batch_size", batch_size),
@@ -191,6 +201,7 @@ class SALMProtector(Protector):
         self.refine_epochs = int(refine_epochs)
         self.anneal_fraction = float(anneal_fraction)
         self.reset_every = int(reset_every)
+        self.rank = rank
         self._l0_each_step = l0_projection == "every_step"
         self._projection_k = self.k
         self.progress = bool(progress)
@@ -226,6 +237,7 @@ class SALMProtector(Protector):
             "refine_epochs": self.refine_epochs,
             "anneal_fraction": self.anneal_fraction,
             "reset_every": self.reset_every,
+            "rank": self.rank,
             "seed": self.seed,
         }
 
@@ -280,7 +292,7 @@ class SALMProtector(Protector):
 
     def _sign_step(self, rows: torch.Tensor, gradient: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
         """One error-minimizing masked sign step, then the L-inf (and L0) projection."""
-        mask = topk_position_mask(gradient.abs(), self.k)
+        mask = topk_position_mask(gradient if self.rank == "signed" else gradient.abs(), self.k)
         rows = rows - self.step_size * torch.sign(mask * gradient)
         rows = project_linf(rows, images, self.eps) if images is not None else rows.clamp(-self.eps, self.eps)
         if self._l0_each_step:
