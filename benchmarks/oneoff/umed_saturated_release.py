@@ -1,0 +1,52 @@
+"""One-off check (session 10): re-release a fitted UMed with saturated generator outputs, then evaluate.
+
+Kept as run on 2026-11-23 (then at /tmp/bench/umed_sign.py, argument ``1000``; reformatted only). It
+multiplies both generators' raw outputs by ``gain`` before UMed's ``bound * tanh(...)``, so with a large
+gain every pixel of the contour band moves by +-eps and every ROI pixel by its full LBP bound, re-writes
+the training split of the session-4 fit with the default bilinear resample
+(``benchmarks/release_resample.py``'s ``rerelease``), and trains the seg-quick UNet exploiter on it,
+reusing the clean-trained run of ``results/seg_quick_cpu_unet.json``. Result:
+``results/umed_kvasir_cpu_saturated_release.json``; benchmarks/README.md has the numbers.
+
+    python benchmarks/oneoff/umed_saturated_release.py 1000
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import release_resample  # noqa: E402
+
+from medue_monai.pipeline.segmentation import evaluate_segmentation  # noqa: E402
+from medue_monai.protectors import load_protector  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+gain = float(sys.argv[1])
+protected = Path("/tmp/bench/umed_full/kvasir-seg_umed_seed0")
+protector = load_protector(Path(f"{protected}.protector.pt"), device="cpu")
+raw = protector._raw
+protector._raw = lambda net, images: raw(net, images) * gain
+folder = Path(f"/tmp/bench/umed_sign/gain{gain:g}")
+print("write s", release_resample.rerelease(protector, protected, folder, "bilinear"), flush=True)
+earlier = json.loads((RESULTS / "seg_quick_cpu_unet.json").read_text())
+clean_run = {**earlier["clean"], "curves": earlier["curves"]["clean"]}
+if "split_sha256" in earlier:
+    clean_run["split_sha256"] = earlier["split_sha256"]
+started = time.perf_counter()
+results = evaluate_segmentation(
+    str(folder),
+    "seg-quick",
+    "unet",
+    device="cpu",
+    seed=0,
+    progress=False,
+    clean_run=clean_run,
+    output=str(folder / "results.json"),
+)
+invisibility = results["invisibility"]
+print("gain", gain, "dice", results["protected"], "psnr", invisibility.get("psnr"), "ssim", invisibility.get("ssim"))
+print("evaluate s", time.perf_counter() - started)
+print("curve", [round(value, 2) for value in results["curves"]["protected"]["test_dice"]])
