@@ -8,7 +8,11 @@ the training split of the session-4 fit with the default bilinear resample
 reusing the clean-trained run of ``results/seg_quick_cpu_unet.json``. Result:
 ``results/umed_kvasir_cpu_saturated_release.json``; benchmarks/README.md has the numbers.
 
-    python benchmarks/oneoff/umed_saturated_release.py 1000
+    python benchmarks/oneoff/umed_saturated_release.py 1000 /tmp/bench/umed_full/kvasir-seg_umed_seed0 \\
+        /tmp/bench/umed_sign/gain1000
+
+(arguments: gain, a `medue protect` UMed output folder with its ``.protector.pt`` beside it, and the folder to
+write the re-released copy into; the run of record had the last two hard-coded to these paths).
 """
 
 import json
@@ -25,11 +29,11 @@ from medue_monai.protectors import load_protector  # noqa: E402
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 gain = float(sys.argv[1])
-protected = Path("/tmp/bench/umed_full/kvasir-seg_umed_seed0")
+protected = Path(sys.argv[2])
 protector = load_protector(Path(f"{protected}.protector.pt"), device="cpu")
 raw = protector._raw
 protector._raw = lambda net, images: raw(net, images) * gain
-folder = Path(f"/tmp/bench/umed_sign/gain{gain:g}")
+folder = Path(sys.argv[3])
 print("write s", release_resample.rerelease(protector, protected, folder, "bilinear"), flush=True)
 earlier = json.loads((RESULTS / "seg_quick_cpu_unet.json").read_text())
 clean_run = {**earlier["clean"], "curves": earlier["curves"]["clean"]}
