@@ -65,7 +65,7 @@ def _format_default(value: Any) -> str:
     if isinstance(value, float):
         for denominator in (255,):
             numerator = value * denominator
-            if abs(numerator - round(numerator)) < 1e-9 and value < 1:
+            if abs(numerator - round(numerator)) < 1e-9 and 0 < value < 1:
                 return f"{round(numerator)}/{denominator}"
         return f"{value:g}"
     return repr(value) if isinstance(value, str) else str(value)

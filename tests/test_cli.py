@@ -41,6 +41,8 @@ def test_protect_help_lists_every_method_with_defaults(capsys):
     for name in PROTECTORS:
         assert f"  {name} [" in text
     assert "k (default 10)" in text and "eps (default 8/255)" in text
+    assert "block (default 1)" in text
+    assert "0/255" not in text, "a zero default reads as 0, not as a fraction of 255"
     assert "--eps" in text and "--overwrite" in text
 
 

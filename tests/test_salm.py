@@ -292,3 +292,42 @@ def test_signed_rank_picks_the_largest_gradients_and_steps_down_there():
     assert SALMProtector(rank="signed", device="cpu").config()["rank"] == "signed"
     with pytest.raises(MedueError, match="rank must"):
         SALMProtector(rank="random", device="cpu")
+
+
+def test_block_mask_keeps_whole_aligned_tiles_within_k_percent():
+    from medue_monai.protectors import block_average
+
+    score = torch.zeros(2, 1, 10, 10)
+    score[0, 0, 2:4, 4:6] = 3.0  # one strong 2x2 tile
+    score[0, 0, 0, 0] = 5.0  # one strong pixel: its tile's mean (1.25) is lower
+    score[1, 0, 8:10, 8:10] = 1.0
+    mask = topk_position_mask(score, 10.0, block=2)  # 10 positions -> 2 tiles of 4
+    assert mask.shape == (2, 1, 10, 10)
+    assert torch.equal(mask.sum(dim=(1, 2, 3)), torch.full((2,), 8.0))
+    assert bool(mask[0, 0, 2:4, 4:6].all()) and bool(mask[0, 0, 0:2, 0:2].all())
+    tiles = mask.reshape(2, 5, 2, 5, 2).sum(dim=(2, 4))
+    assert set(tiles.unique().tolist()) <= {0.0, 4.0}, "tiles are kept whole"
+    # a border cut by the grid: 7x7 with 3x3 tiles, the last row/column of tiles is partial
+    averaged = block_average(torch.arange(49.0).reshape(1, 1, 7, 7), 3)
+    assert averaged.shape == (1, 1, 7, 7)
+    assert float(averaged[0, 0, 0, 0]) == float(torch.tensor([0, 1, 2, 7, 8, 9, 14, 15, 16.0]).mean())
+    assert float(averaged[0, 0, 6, 6]) == 48.0
+    assert int(topk_position_mask(torch.rand(1, 1, 7, 7), 10.0, block=3).sum()) <= positions_to_keep(49, 10.0)
+
+
+def test_block_salm_releases_tile_constant_sparse_noise_within_budget(tmp_path):
+    source = load_classification_spec(SPEC)
+    protector = SALMProtector(eps=EPS, k=10, epochs=2, block=2, device="cpu", progress=False, seed=0)
+    protector.fit(_loader(source), source.num_classes, 24)
+    assert protector.config()["block"] == 2
+    batch = next(iter(_loader(source)))
+    images = batch["image"].as_tensor().clone()
+    images[:] = 0.5  # away from [0, 1], so no clipping splits a tile
+    for delta in (protector.perturb(images, batch["label"], batch["index"]), protector.perturb(images, batch["label"])):
+        assert float(delta.abs().max()) <= EPS + 1e-7 and float(delta.abs().max()) > 0
+        touched = delta.abs().sum(dim=1) > 0
+        assert int(touched.flatten(1).sum(dim=1).max()) <= positions_to_keep(16 * 16, 10.0)
+        tiles = delta.reshape(8, -1, 8, 2, 8, 2)
+        assert torch.equal(tiles.amax(dim=(3, 5)), tiles.amin(dim=(3, 5))), "each 2x2 tile holds one value"
+    with pytest.raises(MedueError, match="block must"):
+        SALMProtector(block=0, device="cpu")

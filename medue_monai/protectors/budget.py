@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["positions_to_keep", "topk_position_mask", "project_linf", "project_l0"]
+__all__ = ["positions_to_keep", "block_average", "topk_position_mask", "project_linf", "project_l0"]
 
 
 def positions_to_keep(num_positions: int, k_percent: float) -> int:
@@ -14,25 +15,57 @@ def positions_to_keep(num_positions: int, k_percent: float) -> int:
     return max(1, int(math.floor(num_positions * k_percent / 100.0 + 1e-9)))
 
 
-def topk_position_mask(score: torch.Tensor, k_percent: float) -> torch.Tensor:
+def block_average(tensor: torch.Tensor, block: int) -> torch.Tensor:
+    """Replace every pixel by the mean of its ``block x block`` tile (tiles aligned to the top-left corner).
+
+    Tiles cut by the right or bottom border average the pixels they hold. ``block=1`` returns the input.
+
+    Args:
+        tensor: ``(B, C, H, W)``.
+        block: tile side in pixels, >= 1.
+
+    Returns:
+        A tensor of the same shape, constant on every tile.
+    """
+    if block <= 1:
+        return tensor
+    height, width = tensor.shape[-2:]
+    pooled = F.avg_pool2d(tensor, block, stride=block, ceil_mode=True)
+    tiled = pooled.repeat_interleave(block, dim=-2).repeat_interleave(block, dim=-1)
+    return tiled[..., :height, :width]
+
+
+def topk_position_mask(score: torch.Tensor, k_percent: float, block: int = 1) -> torch.Tensor:
     """Binary mask of the top-K% pixel positions per sample, selected by index (ties never grow it).
+
+    With ``block > 1`` the mask is made of whole ``block x block`` tiles (aligned to the top-left corner):
+    tiles are ranked by their mean score and ``positions_to_keep(H*W, k) // block**2`` of them are kept
+    (at least one), so the mask still covers at most K% of the positions (a tile cut by the border
+    covers fewer).
 
     Args:
         score: ``(B, C, H, W)`` importance (the highest sums are kept; signed scores allowed); channels are
             summed per position.
         k_percent: share of positions to keep, in (0, 100].
+        block: tile side in pixels, >= 1.
 
     Returns:
-        ``(B, 1, H, W)`` float mask with exactly ``positions_to_keep(H*W, k)`` ones per sample.
+        ``(B, 1, H, W)`` float mask; with ``block=1`` exactly ``positions_to_keep(H*W, k)`` ones per sample.
     """
     batch, _, height, width = score.shape
-    flat = score.sum(dim=1).reshape(batch, -1)
     count = positions_to_keep(height * width, k_percent)
     if count >= height * width:
         return torch.ones(batch, 1, height, width, dtype=score.dtype, device=score.device)
-    indices = torch.topk(flat, count, dim=1, sorted=False).indices
-    mask = torch.zeros_like(flat).scatter_(1, indices, 1.0)
-    return mask.reshape(batch, 1, height, width)
+    summed = score.sum(dim=1, keepdim=True)
+    if block > 1:
+        summed = F.avg_pool2d(summed, block, stride=block, ceil_mode=True)
+        count = max(1, count // (block * block))
+    flat = summed.reshape(batch, -1)
+    indices = torch.topk(flat, min(count, flat.shape[1]), dim=1, sorted=False).indices
+    mask = torch.zeros_like(flat).scatter_(1, indices, 1.0).reshape(summed.shape)
+    if block > 1:
+        mask = mask.repeat_interleave(block, dim=-2).repeat_interleave(block, dim=-1)[..., :height, :width]
+    return mask
 
 
 def project_linf(delta: torch.Tensor, images: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
@@ -41,7 +74,9 @@ def project_linf(delta: torch.Tensor, images: torch.Tensor, eps: float | torch.T
     return (images + delta).clamp(0.0, 1.0) - images
 
 
-def project_l0(delta: torch.Tensor, k_percent: float, tie_break: torch.Tensor | None = None) -> torch.Tensor:
+def project_l0(
+    delta: torch.Tensor, k_percent: float, tie_break: torch.Tensor | None = None, block: int = 1
+) -> torch.Tensor:
     """Keep only the top-K% positions of ``delta`` by magnitude (summed over channels); zero the rest.
 
     This is the Euclidean projection onto ``||delta||_0 <= m`` (positions), applied after the L-inf
@@ -53,6 +88,8 @@ def project_l0(delta: torch.Tensor, k_percent: float, tie_break: torch.Tensor | 
         delta: ``(B, C, H, W)`` perturbation.
         k_percent: share of positions allowed, in (0, 100].
         tie_break: optional ``(B, C, H, W)`` non-negative score added with a tiny weight.
+        block: keep whole ``block x block`` tiles, ranked by their mean magnitude (see
+            :func:`topk_position_mask`).
 
     Returns:
         The sparse perturbation.
@@ -63,4 +100,4 @@ def project_l0(delta: torch.Tensor, k_percent: float, tie_break: torch.Tensor | 
     if tie_break is not None:
         scale = tie_break.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
         score = score + 1e-6 * tie_break.abs() / scale
-    return delta * topk_position_mask(score, k_percent)
+    return delta * topk_position_mask(score, k_percent, block)

@@ -23,7 +23,7 @@ from ..nets import get_classifier, resolve_classifier
 from ..utils import MedueError
 from .augment import sample_transform
 from .base import Protector, register_protector
-from .budget import project_l0, project_linf, topk_position_mask
+from .budget import block_average, project_l0, project_linf, topk_position_mask
 
 __all__ = ["SALMProtector", "EMProtector"]
 
@@ -121,6 +121,11 @@ class SALMProtector(Protector):
             pixels whose positions, not signs, carry the class. Irrelevant at ``k=100`` (EM). On BreastMNIST
             (CPU, seeds 0-2) it left 52.56 / 71.79 / 67.31 % against 68.59 / 65.38 / 57.69 % for
             ``"magnitude"``: the same mean, so it is not the default (``benchmarks/README.md``).
+        block: side of the square tiles the perturbation is made of (1 = single pixels, the paper's).
+            With ``block > 1`` each step averages the gradient over every ``block x block`` tile, ranks
+            tiles by that mean and moves the top ones as wholes, and the final threshold keeps whole tiles:
+            still at most K% of the positions, but as ``positions_to_keep // block**2`` tiles of one value
+            each, a pattern that a 3x3 low-pass filter does not average away as it does isolated pixels.
         progress: show tqdm progress bars.
         seed: random seed.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
@@ -155,6 +160,7 @@ class SALMProtector(Protector):
         anneal_fraction: float = 0.5,
         reset_every: int = 0,
         rank: str = "magnitude",
+        block: int = 1,
         progress: bool = True,
         seed: int = 0,
         device: str | torch.device = "auto",
@@ -177,6 +183,8 @@ class SALMProtector(Protector):
                 raise MedueError(f"{option} must be >= 1, got {value}")
         if lr is not None and not float(lr) > 0.0:
             raise MedueError(f"lr must be > 0, got {lr}")
+        if int(block) < 1:
+            raise MedueError(f"block must be >= 1, got {block}")
         if int(reset_every) < 0:
             raise MedueError(f"reset_every must be >= 0, got {reset_every}")
         if not 0.0 < float(anneal_fraction) <= 1.0:
@@ -204,6 +212,7 @@ class SALMProtector(Protector):
         self.anneal_fraction = float(anneal_fraction)
         self.reset_every = int(reset_every)
         self.rank = rank
+        self.block = int(block)
         self._l0_each_step = l0_projection == "every_step"
         self._projection_k = self.k
         self.progress = bool(progress)
@@ -240,6 +249,7 @@ class SALMProtector(Protector):
             "anneal_fraction": self.anneal_fraction,
             "reset_every": self.reset_every,
             "rank": self.rank,
+            "block": self.block,
             "seed": self.seed,
         }
 
@@ -293,12 +303,17 @@ class SALMProtector(Protector):
         return total / self.num_transforms
 
     def _sign_step(self, rows: torch.Tensor, gradient: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
-        """One error-minimizing masked sign step, then the L-inf (and L0) projection."""
-        mask = topk_position_mask(gradient if self.rank == "signed" else gradient.abs(), self.k)
+        """One error-minimizing masked sign step, then the L-inf (and L0) projection.
+
+        With ``block > 1`` the gradient is first averaged over each tile (the gradient of a tile-constant
+        perturbation), so the step and the mask move whole tiles.
+        """
+        gradient = block_average(gradient, self.block)
+        mask = topk_position_mask(gradient if self.rank == "signed" else gradient.abs(), self.k, self.block)
         rows = rows - self.step_size * torch.sign(mask * gradient)
         rows = project_linf(rows, images, self.eps) if images is not None else rows.clamp(-self.eps, self.eps)
         if self._l0_each_step:
-            rows = project_l0(rows, self._projection_k, tie_break=gradient)
+            rows = project_l0(rows, self._projection_k, tie_break=gradient, block=self.block)
         return rows
 
     def annealed_k(self, epoch: int) -> float:
@@ -405,14 +420,14 @@ class SALMProtector(Protector):
         the surrogate's loss most (first-order: ``-grad * delta``), computed over ``loader`` when given.
         """
         if loader is None or self.classwise or self.k >= 100.0:
-            self.delta = project_l0(self.delta, self.k)
+            self.delta = project_l0(self.delta, self.k, block=self.block)
             return
         self.surrogate.eval()
         for batch in loader:
             images, labels, indices = _batch_tensors(batch, self.device)
             delta = self.delta[indices]
             contribution = (-self._delta_gradient(images, delta, labels) * delta).clamp_min(0.0)
-            self.delta[indices] = project_l0(delta, self.k, tie_break=contribution)
+            self.delta[indices] = project_l0(delta, self.k, tie_break=contribution, block=self.block)
 
     def finalize(self, loader: Iterable[dict] | None = None) -> None:
         """Hard-threshold the deltas to K% of positions (not with ``l0_projection="none"``) and freeze
@@ -538,7 +553,7 @@ class SALMProtector(Protector):
                 delta = self._sign_step(delta, gradient, images_d)
         delta = project_linf(delta, images_d, self.eps)
         if self.l0_projection != "none":
-            delta = project_l0(delta, self.k)
+            delta = project_l0(delta, self.k, block=self.block)
         return delta.to(device=device, dtype=dtype)
 
 
