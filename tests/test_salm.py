@@ -92,6 +92,19 @@ def test_save_load_round_trip_uses_weights_only(fitted, tmp_path):
     assert torch.equal(loaded.perturb(images, labels), protector.perturb(images, labels))
 
 
+def test_checkpoint_saved_before_the_block_option_loads_as_per_pixel_noise(fitted, tmp_path):
+    _, protector = fitted
+    assert protector.config()["block"] == 3, "the default"
+    path = tmp_path / "old.pt"
+    protector.save(path)
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["block"]
+    torch.save(payload, path)
+    assert load_protector(path, device="cpu").block == 1
+    assert load_protector(path, device="cpu").config()["block"] == 1
+    assert EMProtector(device="cpu").block == 1, "EM stays per-pixel"
+
+
 def test_load_rejects_non_checkpoints(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
@@ -161,7 +174,9 @@ def test_annealed_l0_budget_shrinks_to_k_and_holds_during_the_last_epochs():
     assert SALMProtector(k=10, epochs=4, device="cpu").annealed_k(0) == 10.0  # "final": no schedule
 
     source = load_classification_spec(SPEC)
-    protector = SALMProtector(eps=EPS, k=10, epochs=4, l0_projection="anneal", device="cpu", progress=False)
+    protector = SALMProtector(
+        eps=EPS, k=10, epochs=4, l0_projection="anneal", block=1, device="cpu", progress=False
+    )  # single pixels: two steps of 10 % per batch then touch more than 10 %
     seen = []
     original = protector.train_iteration
 
@@ -285,8 +300,9 @@ def test_signed_rank_picks_the_largest_gradients_and_steps_down_there():
     gradient[0, 0, 2:, :] = 0.1
     images = torch.full((1, 1, 10, 10), 0.5)
     rows = torch.zeros_like(images)
-    by_magnitude = SALMProtector(eps=EPS, k=10, step_size=EPS, device="cpu")._sign_step(rows, gradient, images)
-    signed = SALMProtector(eps=EPS, k=10, step_size=EPS, rank="signed", device="cpu")._sign_step(rows, gradient, images)
+    options = {"eps": EPS, "k": 10, "step_size": EPS, "block": 1, "device": "cpu"}
+    by_magnitude = SALMProtector(**options)._sign_step(rows, gradient, images)
+    signed = SALMProtector(rank="signed", **options)._sign_step(rows, gradient, images)
     assert torch.allclose(by_magnitude[0, 0, 0], torch.full((10,), EPS)) and int((by_magnitude != 0).sum()) == 10
     assert torch.allclose(signed[0, 0, 1], torch.full((10,), -EPS)) and int((signed != 0).sum()) == 10
     assert SALMProtector(rank="signed", device="cpu").config()["rank"] == "signed"

@@ -134,6 +134,9 @@ class Protector(ABC):
     task: ClassVar[str] = "classification"
     #: whether ``fit`` saves and resumes epoch checkpoints through :attr:`checkpoint`
     resumable: ClassVar[bool] = False
+    #: options whose default changed after checkpoints were saved without them: the value those
+    #: checkpoints were fitted with, used by :func:`load_protector` when the saved config lacks the key
+    legacy_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, eps: float = 8 / 255, seed: int = 0, device: str | torch.device = "auto") -> None:
         if not 0.0 < float(eps) <= 1.0:
@@ -309,8 +312,7 @@ def load_protector(path: str | Path, device: str | torch.device = "auto") -> Pro
     if not isinstance(payload, dict) or "method" not in payload:
         raise MedueError(f"{path}: not a medue protector checkpoint")
     cls = get_protector_class(payload["method"])
-    config = dict(payload["config"])
-    config["device"] = device
+    config = {**cls.legacy_defaults, **payload["config"], "device": device}
     protector = cls(**config)
     protector.load_state_dict(payload["state"])
     return protector
