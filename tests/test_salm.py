@@ -94,7 +94,7 @@ def test_save_load_round_trip_uses_weights_only(fitted, tmp_path):
 
 def test_checkpoint_saved_before_the_block_option_loads_as_per_pixel_noise(fitted, tmp_path):
     _, protector = fitted
-    assert protector.config()["block"] == 3, "the default"
+    assert protector.config()["block"] == 4, "the default"
     path = tmp_path / "old.pt"
     protector.save(path)
     payload = torch.load(path, weights_only=True)
@@ -270,7 +270,9 @@ def test_auto_surrogate_resolves_by_device_and_is_recorded():
 def test_paper_literal_mode_masks_each_step_but_does_not_bound_the_released_positions():
     source = load_classification_spec(SPEC)
     limit = positions_to_keep(16 * 16, 10.0)
-    protector = SALMProtector(eps=EPS, k=10, epochs=3, l0_projection="none", device="cpu", progress=False, seed=0)
+    protector = SALMProtector(
+        eps=EPS, k=10, epochs=3, l0_projection="none", block=1, device="cpu", progress=False, seed=0
+    )
     seen = []
     original = protector._sign_step
 
@@ -329,6 +331,21 @@ def test_block_mask_keeps_whole_aligned_tiles_within_k_percent():
     assert float(averaged[0, 0, 0, 0]) == float(torch.tensor([0, 1, 2, 7, 8, 9, 14, 15, 16.0]).mean())
     assert float(averaged[0, 0, 6, 6]) == 48.0
     assert int(topk_position_mask(torch.rand(1, 1, 7, 7), 10.0, block=3).sum()) <= positions_to_keep(49, 10.0)
+
+
+def test_tiles_shrink_where_one_would_exceed_the_budget():
+    from medue_monai.protectors import tile_side
+
+    assert tile_side(28 * 28, 10.0, 4) == 4, "78 positions hold four 4x4 tiles"
+    assert tile_side(16 * 16, 5.0, 4) == 3, "12 positions: a 4x4 tile (16) would exceed them"
+    assert tile_side(7 * 7, 10.0, 3) == 2
+    assert tile_side(100, 1.0, 4) == 1
+    assert tile_side(28 * 28, 100.0, 1) == 1
+    score = torch.zeros(3, 1, 16, 16)
+    score[:, :, 3:6, 3:6] = torch.rand(3, 1, 3, 3) + 1.0  # one aligned 3x3 tile stands out
+    mask = topk_position_mask(score, 5.0, block=4)
+    assert torch.equal(mask.sum(dim=(1, 2, 3)), torch.full((3,), 9.0)), "one 3x3 tile, within the 12 allowed"
+    assert bool(mask[:, :, 3:6, 3:6].all()), "the kept tile is the strong one"
 
 
 def test_block_salm_releases_tile_constant_sparse_noise_within_budget(tmp_path):

@@ -5,7 +5,7 @@ Importing this package registers every method (``PROTECTORS`` maps ``--method`` 
 
 from .ar import ARProtector, ARSegProtector
 from .base import PROTECTORS, Protector, get_protector_class, load_protector, register_protector
-from .budget import block_average, positions_to_keep, project_l0, project_linf, topk_position_mask
+from .budget import block_average, positions_to_keep, project_l0, project_linf, tile_side, topk_position_mask
 from .em_seg import EMSegContourProtector, EMSegProtector, EMSegROIProtector
 from .lsp import LSPProtector, LSPSegProtector
 from .masks import contour_band, contour_radius, dilate_mask, erode_mask, region_mask, roi_interior
@@ -47,5 +47,6 @@ __all__ = [
     "region_mask",
     "register_protector",
     "roi_interior",
+    "tile_side",
     "topk_position_mask",
 ]

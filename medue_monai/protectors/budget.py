@@ -7,12 +7,29 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["positions_to_keep", "block_average", "topk_position_mask", "project_linf", "project_l0"]
+__all__ = ["positions_to_keep", "tile_side", "block_average", "topk_position_mask", "project_linf", "project_l0"]
 
 
 def positions_to_keep(num_positions: int, k_percent: float) -> int:
     """Number of pixel positions allowed to change: ``floor(k% * positions)``, at least 1."""
     return max(1, int(math.floor(num_positions * k_percent / 100.0 + 1e-9)))
+
+
+def tile_side(num_positions: int, k_percent: float, block: int) -> int:
+    """Side of the tiles a K% budget is spent on: ``block``, or less where one such tile would exceed it.
+
+    A tile of ``block x block`` positions must fit into ``positions_to_keep(num_positions, k)``; where it does
+    not (small images, small K), the side shrinks to the largest square that fits, so the budget holds.
+
+    Args:
+        num_positions: pixel positions per image (``H * W``).
+        k_percent: share of positions allowed to change, in (0, 100].
+        block: the requested tile side, >= 1.
+
+    Returns:
+        The tile side to use, between 1 and ``block``.
+    """
+    return max(1, min(int(block), math.isqrt(positions_to_keep(num_positions, k_percent))))
 
 
 def block_average(tensor: torch.Tensor, block: int) -> torch.Tensor:
@@ -40,8 +57,8 @@ def topk_position_mask(score: torch.Tensor, k_percent: float, block: int = 1) ->
 
     With ``block > 1`` the mask is made of whole ``block x block`` tiles (aligned to the top-left corner):
     tiles are ranked by their mean score and ``positions_to_keep(H*W, k) // block**2`` of them are kept
-    (at least one), so the mask still covers at most K% of the positions (a tile cut by the border
-    covers fewer).
+    (at least one; where one tile would exceed the budget the side shrinks, see :func:`tile_side`), so the
+    mask covers at most K% of the positions (a tile cut by the border covers fewer).
 
     Args:
         score: ``(B, C, H, W)`` importance (the highest sums are kept; signed scores allowed); channels are
@@ -57,6 +74,7 @@ def topk_position_mask(score: torch.Tensor, k_percent: float, block: int = 1) ->
     if count >= height * width:
         return torch.ones(batch, 1, height, width, dtype=score.dtype, device=score.device)
     summed = score.sum(dim=1, keepdim=True)
+    block = tile_side(height * width, k_percent, block)
     if block > 1:
         summed = F.avg_pool2d(summed, block, stride=block, ceil_mode=True)
         count = max(1, count // (block * block))
