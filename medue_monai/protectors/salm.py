@@ -127,7 +127,8 @@ class SALMProtector(Protector):
             With ``block > 1`` each step averages the gradient over every ``block x block`` tile (the gradient
             of a tile-constant perturbation), ranks tiles by that mean and moves the top ones as wholes, and
             the final threshold keeps whole tiles: still at most K% of the positions, as
-            ``positions_to_keep // block**2`` tiles of one value each. A 3x3 low-pass filter averages isolated
+            ``positions_to_keep // block**2`` tiles of one value each (smaller tiles where one would exceed the
+            budget: :func:`~medue_monai.protectors.budget.tile_side`). A 3x3 low-pass filter averages isolated
             pixels away but keeps most of a larger tile. On BreastMNIST (CPU, ResNet-18 exploiter, seeds 0-2)
             ``block=4`` left 56.41 / 60.26 / 57.69 % clean-test accuracy, ``block=3`` 67.31 / 69.87 / 50.64 %,
             ``block=1`` 68.59 / 65.38 / 57.69 %; with a 3x3 Gaussian filter on the exploiter's training images
