@@ -121,7 +121,7 @@ class SALMProtector(Protector):
             ``delta - alpha * sign(M * g)``, ``"signed"`` moves pixels only downwards while at least K% of
             the positions have a positive gradient, so the released noise is a sparse pattern of darkened
             pixels whose positions, not signs, carry the class. Irrelevant at ``k=100`` (EM). On BreastMNIST
-            (CPU, seeds 0-2) it left 52.56 / 71.79 / 67.31 % against 68.59 / 65.38 / 57.69 % for
+            (CPU, seeds 0-2, ``block=1``) it left 52.56 / 71.79 / 67.31 % against 68.59 / 65.38 / 57.69 % for
             ``"magnitude"``: the same mean, so it is not the default (``benchmarks/README.md``).
         block: side of the square tiles the perturbation is made of (1 = single pixels, as in the paper).
             With ``block > 1`` each step averages the gradient over every ``block x block`` tile (the gradient
