@@ -85,11 +85,12 @@ def _square_mask_loader(size: int):
     return lambda: DataLoader(items, batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(1))
 
 
-def test_umed_resume_matches_an_uninterrupted_fit(tmp_path):
+@pytest.mark.parametrize("reset_every", [0, 1])
+def test_umed_resume_matches_an_uninterrupted_fit(tmp_path, reset_every):
     loader = _square_mask_loader(16)
 
     def umed() -> UMedProtector:
-        return UMedProtector(epochs=3, device="cpu", progress=False, seed=0)
+        return UMedProtector(epochs=3, device="cpu", progress=False, seed=0, reset_every=reset_every)
 
     torch.manual_seed(0)
     reference = umed().fit(loader(), 2, 4)

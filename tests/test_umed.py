@@ -168,6 +168,40 @@ def test_batch_alternation_takes_generator_steps_per_batch(generator_steps: int)
         UMedProtector(generator_steps=0)
 
 
+def test_reset_every_reinitializes_the_surrogate_once_per_epoch() -> None:
+    protector = UMedProtector(epochs=4, reset_every=2, device="cpu", progress=False)
+    batch = _batch(16, 1)
+    protector.prepare(batch)
+    protector.set_epoch(0)
+    protector.train_iteration(batch)
+    trained = [p.detach().clone() for p in protector.surrogate.parameters()]
+    contour = [p.detach().clone() for p in protector.contour_net.parameters()]
+    protector.set_epoch(1)  # not a reset epoch
+    assert all(torch.equal(a, b) for a, b in zip(trained, protector.surrogate.parameters(), strict=True))
+
+    torch.manual_seed(123)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(123)
+    protector.set_epoch(2)
+    assert torch.equal(torch.rand(3), expected_draw), "the reset must not consume the global random stream"
+    fresh = [p.detach().clone() for p in protector.surrogate.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(trained, fresh, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(contour, protector.contour_net.parameters(), strict=True))
+    assert not protector.surrogate_optimizer.state, "a reset surrogate starts with a fresh optimizer"
+
+    protector.train_iteration(batch)
+    protector.set_epoch(2)  # a second call for the same epoch (engine handler and fit loop) resets nothing
+    assert any(not torch.equal(a, b) for a, b in zip(fresh, protector.surrogate.parameters(), strict=True))
+
+    other = UMedProtector(epochs=4, reset_every=2, device="cpu", progress=False)
+    other.prepare(batch)
+    other.set_epoch(2)
+    assert all(torch.equal(a, b) for a, b in zip(fresh, other.surrogate.parameters(), strict=True))
+    assert UMedProtector(device="cpu").config()["reset_every"] == 0
+    with pytest.raises(MedueError, match="reset_every"):
+        UMedProtector(reset_every=-1)
+
+
 def test_save_load_roundtrip(fitted: UMedProtector, tmp_path) -> None:
     path = tmp_path / "umed.pt"
     fitted.save(path)

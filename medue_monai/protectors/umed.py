@@ -138,6 +138,10 @@ class UMedProtector(Protector):
         texture_only: ablation: no contour perturbation.
         cdc: central-difference convolutions in the contour encoder (``False``: vanilla ablation).
         fixed_bound: ablation: texture bound ``eps * y_t`` instead of ``eps * x_t * y_t``.
+        reset_every: re-initialize the surrogate U-Net and its optimizer at the start of every this many
+            epochs (0 = never, the paper's schedule), from a seed derived from the epoch, so the generators
+            keep meeting surrogates that learn from scratch, as an exploiter does (ours, as SALM's option
+            of the same name).
         progress: show tqdm progress bars.
         seed: random seed.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
@@ -167,6 +171,7 @@ class UMedProtector(Protector):
         texture_only: bool = False,
         cdc: bool = True,
         fixed_bound: bool = False,
+        reset_every: int = 0,
         progress: bool = True,
         seed: int = 0,
         device: str | torch.device = "auto",
@@ -181,6 +186,8 @@ class UMedProtector(Protector):
         ):
             if int(value) < 1:
                 raise MedueError(f"{option} must be >= 1, got {value}")
+        if int(reset_every) < 0:
+            raise MedueError(f"reset_every must be >= 0, got {reset_every}")
         if alternation not in ("epoch", "batch"):
             raise MedueError(f"alternation must be 'epoch' or 'batch', got {alternation!r}")
         if output not in ("tanh", "linear"):
@@ -204,9 +211,11 @@ class UMedProtector(Protector):
         self.texture_only = bool(texture_only)
         self.cdc = bool(cdc)
         self.fixed_bound = bool(fixed_bound)
+        self.reset_every = int(reset_every)
         self.progress = bool(progress)
         self.in_channels = 0
         self.current_epoch = 0
+        self._reset_epoch = -1
         self.history: list[dict[str, float]] = []
         self.contour_net: torch.nn.Module | None = None
         self.texture_net: torch.nn.Module | None = None
@@ -232,6 +241,7 @@ class UMedProtector(Protector):
             "texture_only": self.texture_only,
             "cdc": self.cdc,
             "fixed_bound": self.fixed_bound,
+            "reset_every": self.reset_every,
             "seed": self.seed,
         }
 
@@ -266,16 +276,26 @@ class UMedProtector(Protector):
         self.in_channels = int(in_channels)
         self.contour_net = CDCUNet(in_channels, in_channels, cdc=self.cdc).to(self.device)
         self.texture_net = texture_generator(in_channels, in_channels).to(self.device)
+        self._build_surrogate()
+        generator_parameters = list(self.contour_net.parameters()) + list(self.texture_net.parameters())
+        self.generator_optimizer = torch.optim.Adam(generator_parameters, lr=self.lr_generator)
+
+    def _build_surrogate(self, seed: int | None = None) -> None:
+        """Create the surrogate U-Net (the seg-quick exploiter's architecture) and its Adam optimizer.
+
+        Args:
+            seed: seed of the initialization; ``None`` continues the current random stream.
+        """
+        if seed is not None:
+            torch.manual_seed(seed)
         self.surrogate = UNet(
             spatial_dims=2,
-            in_channels=in_channels,
+            in_channels=self.in_channels,
             out_channels=2,
             channels=(16, 32, 64, 128, 256),
             strides=(2, 2, 2, 2),
             num_res_units=2,
         ).to(self.device)
-        generator_parameters = list(self.contour_net.parameters()) + list(self.texture_net.parameters())
-        self.generator_optimizer = torch.optim.Adam(generator_parameters, lr=self.lr_generator)
         self.surrogate_optimizer = torch.optim.Adam(self.surrogate.parameters(), lr=self.lr_surrogate)
 
     @staticmethod
@@ -355,11 +375,29 @@ class UMedProtector(Protector):
             raise MedueError(f"umed segments one foreground class (num_classes 2), got {num_classes}")
         self.build(int(_tensor(first_batch["image"]).shape[1]))
         self.current_epoch = 0
+        self._reset_epoch = -1
         self.history = []
 
     def set_epoch(self, epoch: int) -> None:
-        """Set the 0-based epoch that decides the phase of the next iterations (surrogate or generators)."""
-        self.current_epoch = int(epoch)
+        """Set the 0-based epoch that decides the phase of the next iterations (surrogate or generators).
+
+        With ``reset_every``, the surrogate and its optimizer are re-initialized at the start of every
+        ``reset_every``-th epoch (once per epoch, however often this is called), from a seed derived from
+        the epoch, without disturbing the global random stream; a resumed fit therefore resets exactly as
+        an uninterrupted one.
+        """
+        epoch = int(epoch)
+        if (
+            self.reset_every
+            and epoch > 0
+            and epoch % self.reset_every == 0
+            and self.surrogate is not None
+            and epoch != self._reset_epoch
+        ):
+            with torch.random.fork_rng(devices=[]):
+                self._build_surrogate(seed=self.seed + 1000 * epoch)
+            self._reset_epoch = epoch
+        self.current_epoch = epoch
 
     def phase(self, epoch: int | None = None) -> str:
         """``"surrogate"`` when ``epoch % cycle == 0``, else ``"generators"``."""
