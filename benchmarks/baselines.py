@@ -487,6 +487,13 @@ def _earlier_results(
         if not path.is_file():
             raise SystemExit(f"{flag}: no such file")
         earlier = json.loads(path.read_text())
+    if isinstance(earlier.get("results"), dict) and isinstance(earlier.get("recipe"), str):
+        outputs = [row["output"] for row in earlier["results"].values() if isinstance(row, dict) and row.get("output")]
+        hint = f" (one of them: {Path(outputs[0]) / 'results.json'})" if outputs else ""
+        raise SystemExit(
+            f"{flag}: this is a baselines report, not a `medue evaluate` results file; pass the results.json in a"
+            f" protected copy's folder{hint}"
+        )
     reason = _matches(earlier, args, dataset)
     if reason:
         raise SystemExit(f"{flag}: another setting ({reason})")

@@ -116,6 +116,9 @@ def test_clean_from_takes_only_the_clean_run(seg_run):
     other = [a if a != "1" else "2" for a in common]
     with pytest.raises(SystemExit, match="--clean-from .*epochs 1 != 2"):
         baselines.run(baselines_args(baselines, [*other, "--name", "y", "--clean-from", str(lsp_results)]))
+    report_file = next((Path(first["results"]["lsp"]["output"]).parents[1] / "results").glob("first.json"))
+    with pytest.raises(SystemExit, match="baselines report, not a `medue evaluate` results file.*results.json"):
+        baselines.run(baselines_args(baselines, [*common, "--name", "z", "--clean-from", str(report_file)]))
 
 
 def test_noise_structure_measures_class_consistency_and_sparsity():
