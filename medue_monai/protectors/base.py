@@ -25,6 +25,26 @@ __all__ = [
 PROTECTORS: dict[str, type[Protector]] = {}
 
 
+def surrogate_reset_seed(seed: int, epoch: int, reset_every: int) -> int | None:
+    """The seed of a surrogate re-initialization due at the start of ``epoch``, or ``None`` when none is due.
+
+    Shared by the protectors' ``reset_every`` options: a reset falls on every ``reset_every``-th epoch after
+    the first (``reset_every=0``: never), seeded from ``seed`` and the epoch so that a resumed fit resets
+    exactly as an uninterrupted one.
+
+    Args:
+        seed: the protector's seed.
+        epoch: the 0-based epoch about to start.
+        reset_every: reset period in epochs (0 = never).
+
+    Returns:
+        ``seed + 1000 * epoch`` when a reset is due, else ``None``.
+    """
+    if reset_every and epoch > 0 and epoch % reset_every == 0:
+        return seed + 1000 * epoch
+    return None
+
+
 def register_protector(name: str) -> Callable[[type[Protector]], type[Protector]]:
     """Class decorator registering a protector under ``name`` (used by ``--method`` and bundles)."""
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..nets import get_classifier, resolve_classifier
 from ..utils import MedueError
 from .augment import sample_transform
-from .base import Protector, register_protector
+from .base import Protector, register_protector, surrogate_reset_seed
 from .budget import block_average, project_l0, project_linf, tile_side, topk_position_mask
 
 __all__ = ["SALMProtector", "EMProtector"]
@@ -350,9 +350,10 @@ class SALMProtector(Protector):
         is re-initialized at the start of every ``reset_every``-th epoch, from a seed derived from the
         epoch, without disturbing the global random stream.
         """
-        if self.reset_every and epoch > 0 and epoch % self.reset_every == 0 and self.surrogate is not None:
+        reset_seed = surrogate_reset_seed(self.seed, epoch, self.reset_every)
+        if reset_seed is not None and self.surrogate is not None:
             with torch.random.fork_rng(devices=[]):
-                self._build_surrogate(seed=self.seed + 1000 * epoch)
+                self._build_surrogate(seed=reset_seed)
         if self.l0_projection == "anneal":
             self._projection_k = self.annealed_k(epoch)
             self._l0_each_step = self._projection_k < 100.0

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ..nets.cdc import CDCUNet, texture_generator
 from ..utils import MedueError
-from .base import Protector, register_protector
+from .base import Protector, register_protector, surrogate_reset_seed
 from .masks import contour_band, contour_radius
 
 __all__ = [
@@ -388,15 +388,10 @@ class UMedProtector(Protector):
         an uninterrupted one.
         """
         epoch = int(epoch)
-        if (
-            self.reset_every
-            and epoch > 0
-            and epoch % self.reset_every == 0
-            and self.surrogate is not None
-            and epoch != self._reset_epoch
-        ):
+        reset_seed = surrogate_reset_seed(self.seed, epoch, self.reset_every)
+        if reset_seed is not None and self.surrogate is not None and epoch != self._reset_epoch:
             with torch.random.fork_rng(devices=[]):
-                self._build_surrogate(seed=self.seed + 1000 * epoch)
+                self._build_surrogate(seed=reset_seed)
             self._reset_epoch = epoch
         self.current_epoch = epoch
 
