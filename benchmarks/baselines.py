@@ -225,7 +225,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     machine = report["machine"]
     score_title = "test acc." if task == "classification" else "Dice % (Jaccard %)"
     unit = "Clean-test accuracy (%)" if task == "classification" else "Clean-test foreground Dice and Jaccard (%)"
-    extra = ["balanced acc.", "ROC AUC"] if task == "classification" else []
+    extra = ["balanced acc.", "ROC AUC"] if task == "classification" else ["pixel AUC", "predicted fg %"]
     lines = [
         f"# Baselines on {dataset} ({report['recipe']}, exploiter {report['exploiter'] or 'recipe default'})",
         "",
@@ -270,8 +270,13 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                 "learned nothing, whatever the class balance (accuracy is then the share of the class it answers).",
                 "",
             ]
-            if extra
-            else []
+            if task == "classification"
+            else [
+                "Pixel AUC (ROC AUC of the foreground probability over all clean test pixels) is 50 % for an "
+                "exploiter whose foreground guesses are unrelated to the masks; their chance overlap still gives "
+                "a Dice of about 2pq/(p+q) for a predicted share p and mask share q (a dash: not measured).",
+                "",
+            ]
         ),
         f"| method | ours: {score_title} | "
         + "".join(f"{column} | " for column in extra)
@@ -302,7 +307,11 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                 [
                     label,
                     score,
-                    *([_fmt(row.get("test_balanced_accuracy")), _fmt(row.get("test_auc"))] if extra else []),
+                    *(
+                        [_fmt(row.get("test_balanced_accuracy")), _fmt(row.get("test_auc"))]
+                        if task == "classification"
+                        else [_fmt(row.get("pixel_auc")), _fmt(row.get("predicted_share"))]
+                    ),
                     _fmt(paper.get(method), 2 if task == "segmentation" else 1),
                     _fmt(row.get("psnr"), 2),
                     _fmt(budget.get("norm")),
@@ -411,6 +420,9 @@ def _score_row(task: str, results: dict[str, Any]) -> dict[str, Any]:
             "jaccard": results["protected"]["jaccard"],
             "clean_dice": results["clean"]["dice"],
             "clean_jaccard": results["clean"]["jaccard"],
+            # absent from evaluations written before the pixel scores were measured
+            "pixel_auc": results["protected"].get("pixel_auc"),
+            "predicted_share": results["protected"].get("predicted_share"),
             **curves,
         }
     return {
@@ -647,7 +659,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             first = clean_runs[0] if clean_runs else None
             report["results"]["clean"] = {
                 SCORE[task]: first[SCORE[task]] if first else None,
-                **({"jaccard": first["jaccard"]} if first and task == "segmentation" else {}),
+                **(
+                    {key: first.get(key) for key in ("jaccard", "pixel_auc", "predicted_share")}
+                    if first and task == "segmentation"
+                    else {}
+                ),
                 **(
                     {key: first.get(key) for key in ("test_balanced_accuracy", "test_auc")}
                     if first and task == "classification"

@@ -210,7 +210,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         results = evaluate_segmentation(args.protected, args.recipe or "seg-quick", args.exploiter or "unet", **common)
         print(
             f"{results['exploiter']} Dice on clean test: clean-trained {results['clean']['dice']:.2f}%, "
-            f"protected-trained {results['protected']['dice']:.2f}%; PSNR {results['invisibility']['psnr']:.2f} dB"
+            f"protected-trained {results['protected']['dice']:.2f}%; pixel AUC "
+            f"{_percent(results['clean'].get('pixel_auc'))} vs {_percent(results['protected'].get('pixel_auc'))} "
+            f"(50% = foreground guessed at random); PSNR {results['invisibility']['psnr']:.2f} dB"
         )
     else:
         from .pipeline.classification import evaluate_classification

@@ -54,6 +54,9 @@ def test_segmentation_table_runs_every_method_through_the_segmentation_protector
     assert rows["ar"]["clean_dice"] == rows["lsp"]["clean_dice"] == rows["clean"]["dice"]
     table = (root / "results" / "first.md").read_text()
     assert "Dice % (Jaccard %)" in table and "| lsp |" in table and "UMed paper Table 1" in table
+    assert "| pixel AUC | predicted fg % |" in table
+    lsp_line = next(line for line in table.splitlines() if line.startswith("| lsp |"))
+    assert f"| {rows['lsp']['pixel_auc']:.1f} | {rows['lsp']['predicted_share']:.1f} |" in lsp_line
     assert report["resample"] == "bilinear" and "`--resample bilinear`" in table
     # every row keeps the per-epoch curve of its exploiter, plotted beside the table
     assert len(rows["lsp"]["curves"]["test_dice"]) == 1 and rows["lsp"]["curves"]["test_dice"][0] == rows["lsp"]["dice"]
@@ -96,6 +99,10 @@ def test_segmentation_evaluation_checks_a_reused_clean_run(seg_run):
         folder, "seg-quick", "unet", epochs=1, device="cpu", progress=False, clean_run=clean_run
     )
     assert reused["clean"] == results["clean"] and reused["reused_clean_run"] is True
+    for run in ("clean", "protected"):  # pixel AUC and predicted share beside Dice, per epoch as well
+        assert 0.0 <= results[run]["pixel_auc"] <= 100.0 and 0.0 <= results[run]["predicted_share"] <= 100.0
+        assert results["curves"][run]["test_pixel_auc"] == [results[run]["pixel_auc"]]
+        assert results["curves"][run]["test_predicted_share"] == [results[run]["predicted_share"]]
     assert reused["protected"] == pytest.approx(results["protected"])
     with pytest.raises(MedueError, match="trained for 1 epochs"):
         evaluate_segmentation(folder, "seg-quick", "unet", epochs=2, device="cpu", clean_run=clean_run)

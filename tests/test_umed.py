@@ -202,6 +202,39 @@ def test_reset_every_reinitializes_the_surrogate_once_per_epoch() -> None:
         UMedProtector(reset_every=-1)
 
 
+def test_clean_negatives_train_the_surrogate_to_call_clean_images_background() -> None:
+    batch = _batch(16, 2)
+    images, labels = batch["image"], (batch["label"] > 0.5).float()
+    with_negatives = UMedProtector(clean_negatives=0.5, device="cpu", progress=False)
+    with_negatives.prepare(batch)
+    start = {k: v.clone() for k, v in with_negatives.surrogate.state_dict().items()}
+
+    # the same step by hand: DiceCE on the perturbed batch plus 0.5 x DiceCE on the clean batch labelled 0
+    reference = UMedProtector(device="cpu", progress=False)
+    reference.prepare(batch)
+    reference.surrogate.load_state_dict(start)
+    with torch.no_grad():
+        delta_c, delta_t = with_negatives.deltas(images, labels)
+    protected = (images + delta_c + delta_t).clamp(0.0, 1.0)
+    perturbed_loss = reference.loss(reference.surrogate_logits(protected), labels)
+    clean_loss = reference.loss(reference.surrogate_logits(images), torch.zeros_like(labels))
+    (perturbed_loss + 0.5 * clean_loss).backward()
+    expected = {n: p.grad.clone() for n, p in reference.surrogate.named_parameters()}
+
+    record = with_negatives._surrogate_step(images, labels)
+    # "loss" reports the perturbed part only
+    assert record["loss"] == pytest.approx(float(perturbed_loss.detach()), rel=1e-5)
+    for name, parameter in with_negatives.surrogate.named_parameters():
+        assert torch.allclose(parameter.grad, expected[name], atol=1e-6), name
+    # without the option the clean images play no part: the gradient is the perturbed loss's alone
+    reference.surrogate.zero_grad()
+    reference.loss(reference.surrogate_logits(protected), labels).backward()
+    assert any(not torch.allclose(p.grad, expected[n], atol=1e-6) for n, p in reference.surrogate.named_parameters())
+    assert UMedProtector(device="cpu").config()["clean_negatives"] == 0.0
+    with pytest.raises(MedueError, match="clean_negatives"):
+        UMedProtector(clean_negatives=-1)
+
+
 def test_save_load_roundtrip(fitted: UMedProtector, tmp_path) -> None:
     path = tmp_path / "umed.pt"
     fitted.save(path)

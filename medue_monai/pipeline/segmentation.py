@@ -38,6 +38,7 @@ from ..data.segmentation import (
 )
 from ..evaluation.hardening import harden_batch, training_counter_measures
 from ..evaluation.invisibility import invisibility_metrics
+from ..evaluation.pixels import PixelScores
 from ..evaluation.recipes import check_counter_measures, counter_measures, get_recipe
 from ..io.atomic import atomic_output_dir, atomic_output_file, check_output_dir, check_output_file, protector_path
 from ..io.manifest import build_manifest, protector_record, read_manifest, write_manifest
@@ -351,19 +352,30 @@ class _FirstOutput(torch.nn.Module):
 
 
 @torch.no_grad()
-def _test(network: torch.nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+def _test(network: torch.nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float | None]:
+    """Foreground Dice, Jaccard, pixel AUC and predicted foreground share on ``loader``, in percent."""
     network.eval()
     dice = DiceMetric(include_background=False, reduction="mean", ignore_empty=False)
     iou = MeanIoU(include_background=False, reduction="mean", ignore_empty=False)
-    for batch in loader:
-        images = batch["image"].as_tensor().to(device)
-        labels = (batch["label"].as_tensor().to(device) > 0.5).long()
-        prediction = network(images).argmax(dim=1, keepdim=True)
-        pred_onehot = torch.cat([prediction == 0, prediction == 1], dim=1).float()
-        label_onehot = torch.cat([labels == 0, labels == 1], dim=1).float()
-        dice(pred_onehot, label_onehot)
-        iou(pred_onehot, label_onehot)
-    return {"dice": 100.0 * float(dice.aggregate().item()), "jaccard": 100.0 * float(iou.aggregate().item())}
+    pixels = PixelScores()
+    with torch.no_grad():
+        for batch in loader:
+            images = batch["image"].as_tensor().to(device)
+            labels = (batch["label"].as_tensor().to(device) > 0.5).long()
+            logits = network(images)
+            prediction = logits.argmax(dim=1, keepdim=True)
+            pred_onehot = torch.cat([prediction == 0, prediction == 1], dim=1).float()
+            label_onehot = torch.cat([labels == 0, labels == 1], dim=1).float()
+            dice(pred_onehot, label_onehot)
+            iou(pred_onehot, label_onehot)
+            pixels.update(logits.float().softmax(dim=1)[:, 1:2], labels == 1)
+    pixel_scores = pixels.aggregate()
+    return {
+        "dice": 100.0 * float(dice.aggregate().item()),
+        "jaccard": 100.0 * float(iou.aggregate().item()),
+        "pixel_auc": pixel_scores["pixel_auc"],
+        "predicted_share": pixel_scores["predicted_share"],
+    }
 
 
 def train_segmentation_exploiter(
@@ -397,7 +409,10 @@ def train_segmentation_exploiter(
         description: bar label.
 
     Returns:
-        ``{"dice", "jaccard", "curves": {"train_loss", "test_dice", "test_jaccard"}}`` (final epoch).
+        ``{"dice", "jaccard", "pixel_auc", "predicted_share", "curves": {"train_loss", "test_dice",
+        "test_jaccard", "test_pixel_auc", "test_predicted_share"}}`` (final epoch; see
+        :mod:`medue_monai.evaluation.pixels` for the last two, which show whether a low-but-not-zero Dice is
+        the chance overlap of guesses or anatomy learned).
     """
     hardening = training_counter_measures(recipe)
     generator = set_seed(seed)
@@ -409,8 +424,14 @@ def train_segmentation_exploiter(
     batch_size = int(recipe["batch_size"])
     train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers)
     test_loader = DataLoader(test, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    curves: dict[str, list[float]] = {"train_loss": [], "test_dice": [], "test_jaccard": []}
-    scores = {"dice": 0.0, "jaccard": 0.0}
+    curves: dict[str, list[float | None]] = {
+        "train_loss": [],
+        "test_dice": [],
+        "test_jaccard": [],
+        "test_pixel_auc": [],
+        "test_predicted_share": [],
+    }
+    scores: dict[str, float | None] = {"dice": 0.0, "jaccard": 0.0, "pixel_auc": None, "predicted_share": 0.0}
     for _ in tqdm(range(int(recipe["epochs"])), desc=description, disable=not progress, leave=False):
         network.train()
         losses = []
@@ -429,6 +450,8 @@ def train_segmentation_exploiter(
         curves["train_loss"].append(float(np.mean(losses)))
         curves["test_dice"].append(scores["dice"])
         curves["test_jaccard"].append(scores["jaccard"])
+        curves["test_pixel_auc"].append(scores["pixel_auc"])
+        curves["test_predicted_share"].append(scores["predicted_share"])
     return {**scores, "curves": curves}
 
 
