@@ -80,6 +80,7 @@ import medue_monai.protectors.tap  # noqa: F401
 from medue_monai import __version__
 from medue_monai.evaluation.plots import plot_learning_curves
 from medue_monai.evaluation.recipes import get_recipe
+from medue_monai.evaluation.report import reusable_clean_run
 from medue_monai.io.png import RESAMPLE_MODES
 from medue_monai.pipeline.classification import evaluate_classification, protect_classification
 from medue_monai.pipeline.segmentation import evaluate_segmentation, protect_segmentation
@@ -462,14 +463,6 @@ def plot_report(report: dict[str, Any], path: Path) -> Path | None:
     return plot_learning_curves(runs, metric, path, title)
 
 
-def _clean_run_of(results: dict[str, Any]) -> dict[str, Any]:
-    """The reusable clean run of an evaluation: its scores, curves and (segmentation) split hash."""
-    run = {**results["clean"], "curves": results["curves"]["clean"]}
-    if "split_sha256" in results:
-        run["split_sha256"] = results["split_sha256"]
-    return run
-
-
 def _matches(earlier: dict[str, Any], args: argparse.Namespace, dataset: str) -> str | None:
     """Why an earlier evaluation's results cannot stand in for this run (``None`` when they can)."""
     recipe = get_recipe(args.recipe, epochs=args.epochs)
@@ -591,7 +584,7 @@ def _reused_row(
         },
         "evaluate_seconds": earlier.get("wall_seconds"),
         "reused_from": str(path),
-        "clean_run": _clean_run_of(earlier),
+        "clean_run": reusable_clean_run(earlier),
     }
 
 
@@ -679,7 +672,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.clean_from and not args.retrain_clean and reused_clean is None:
         path = Path(args.clean_from)
-        reused_clean = _clean_run_of(_earlier_results(path, f"--clean-from {path}", args, dataset))
+        reused_clean = reusable_clean_run(_earlier_results(path, f"--clean-from {path}", args, dataset))
         clean_runs.append({"after": None, "reused_from": str(path), **reused_clean})
         print(f"[baselines] clean-trained run taken from {path}", flush=True)
     for method, path in reuse.items():
@@ -717,9 +710,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results = _evaluate(args, folder, reused_clean)
         evaluate_seconds = time.perf_counter() - started
         if reused_clean is None:
-            clean_runs.append({"after": method, **_clean_run_of(results)})
+            clean_runs.append({"after": method, **reusable_clean_run(results)})
             if not args.retrain_clean:
-                reused_clean = _clean_run_of(results)
+                reused_clean = reusable_clean_run(results)
         report["results"][method] = {
             **_score_row(task, results),
             "psnr": results["invisibility"].get("psnr"),
@@ -798,7 +791,7 @@ def _stored_clean_run(work: Path, dataset: str, report: dict[str, Any], args: ar
         earlier.setdefault("dataset", dataset)
         if _matches(earlier, args, dataset) is None and "clean" in earlier.get("curves", {}):
             print(f"[baselines] reusing the clean-trained run stored in {path}", flush=True)
-            return _clean_run_of(earlier)
+            return reusable_clean_run(earlier)
     return None
 
 

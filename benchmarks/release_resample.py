@@ -32,6 +32,7 @@ import torch
 
 from medue_monai import __version__
 from medue_monai.data.segmentation import read_image_array, read_mask_array, resize_image, resize_mask
+from medue_monai.evaluation.report import reusable_clean_run
 from medue_monai.io.png import RESAMPLE_MODES, apply_delta_uint8, write_png
 from medue_monai.pipeline.segmentation import evaluate_segmentation
 from medue_monai.protectors import load_protector
@@ -109,6 +110,27 @@ def rerelease(protector, protected: Path, folder: Path, mode: str) -> float:
     return time.perf_counter() - started
 
 
+def evaluate_copy(
+    folder: Path,
+    clean_run: dict | None,
+    recipe: str = "seg-quick",
+    exploiter: str = "unet",
+    device: str = "cpu",
+    seed: int = 0,
+) -> dict:
+    """Train the exploiter on a re-released copy (``medue evaluate`` code path); writes ``folder/results.json``."""
+    return evaluate_segmentation(
+        str(folder),
+        recipe,
+        exploiter,
+        device=device,
+        seed=seed,
+        progress=False,
+        clean_run=clean_run,
+        output=str(folder / "results.json"),
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--protected", required=True, help="a `medue protect` segmentation output folder")
@@ -140,28 +162,14 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(json.dumps(report["reach"], indent=2), flush=True)
     if args.evaluate:
-        clean_run = None
-        if args.clean_from:
-            earlier = json.loads(Path(args.clean_from).read_text())
-            clean_run = {**earlier["clean"], "curves": earlier["curves"]["clean"]}
-            if "split_sha256" in earlier:
-                clean_run["split_sha256"] = earlier["split_sha256"]
+        clean_run = reusable_clean_run(json.loads(Path(args.clean_from).read_text())) if args.clean_from else None
         work = Path(args.work_dir or f"{protected}-resample")
         report["evaluate"] = {}
         for mode in modes:
             folder = work / f"{protected.name}_{mode}"
             write_seconds = rerelease(protector, protected, folder, mode)
             started = time.perf_counter()
-            results = evaluate_segmentation(
-                str(folder),
-                args.recipe,
-                args.exploiter,
-                device=args.device,
-                seed=args.seed,
-                progress=False,
-                clean_run=clean_run,
-                output=str(folder / "results.json"),
-            )
+            results = evaluate_copy(folder, clean_run, args.recipe, args.exploiter, args.device, args.seed)
             report["evaluate"][mode] = {
                 "protected": results["protected"],
                 "clean": results["clean"],

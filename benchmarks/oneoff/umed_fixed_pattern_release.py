@@ -8,7 +8,8 @@ bound, with the checkerboard's sign. The training split is re-written with the d
 (``benchmarks/release_resample.py``'s ``rerelease``) and the seg-quick UNet exploiter trained on it,
 reusing the clean-trained run of ``results/seg_quick_cpu_unet.json``. Result of record:
 ``results/umed_kvasir_cpu_fixed_pattern.json`` (run 2026-11-23, 22:52-23:03 UTC, seed 0, CPU; the script was
-then at /tmp/diag/fixed_pattern.py with the same arguments; reformatted only)::
+then at /tmp/diag/fixed_pattern.py with the same arguments; since
+reformatted, evaluation through ``release_resample.evaluate_copy``: the same steps)::
 
     python benchmarks/oneoff/umed_fixed_pattern_release.py 2 /tmp/bench/umed_r15/kvasir-seg_umed_seed0 /tmp/diag/p2
 
@@ -26,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import release_resample  # noqa: E402
 
-from medue_monai.pipeline.segmentation import evaluate_segmentation  # noqa: E402
+from medue_monai.evaluation.report import reusable_clean_run  # noqa: E402
 from medue_monai.protectors import load_protector  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -48,21 +49,9 @@ def checkerboard(net, images):
 
 protector._raw = checkerboard
 print("write s", release_resample.rerelease(protector, protected, folder, "bilinear"), flush=True)
-earlier = json.loads((RESULTS / "seg_quick_cpu_unet.json").read_text())
-clean_run = {**earlier["clean"], "curves": earlier["curves"]["clean"]}
-if "split_sha256" in earlier:
-    clean_run["split_sha256"] = earlier["split_sha256"]
+clean_run = reusable_clean_run(json.loads((RESULTS / "seg_quick_cpu_unet.json").read_text()))
 started = time.perf_counter()
-results = evaluate_segmentation(
-    str(folder),
-    "seg-quick",
-    "unet",
-    device="cpu",
-    seed=0,
-    progress=False,
-    clean_run=clean_run,
-    output=str(folder / "results.json"),
-)
+results = release_resample.evaluate_copy(folder, clean_run)
 invisibility = results["invisibility"]
 print("block", block, "dice", results["protected"], "psnr", invisibility.get("psnr"), "ssim", invisibility.get("ssim"))
 print("evaluate s", time.perf_counter() - started)

@@ -1,6 +1,7 @@
 """One-off check (session 10): re-release a fitted UMed with saturated generator outputs, then evaluate.
 
-Kept as run on 2026-11-23 (then at /tmp/bench/umed_sign.py, argument ``1000``; reformatted only). It
+Kept as run on 2026-11-23 (then at /tmp/bench/umed_sign.py, argument ``1000``; since reformatted, and its
+evaluation now goes through ``release_resample.evaluate_copy`` and ``reusable_clean_run``: the same steps). It
 multiplies both generators' raw outputs by ``gain`` before UMed's ``bound * tanh(...)``, so with a large
 gain every pixel of the contour band moves by +-eps and every ROI pixel by its full LBP bound, re-writes
 the training split of the session-4 fit with the default bilinear resample
@@ -23,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import release_resample  # noqa: E402
 
-from medue_monai.pipeline.segmentation import evaluate_segmentation  # noqa: E402
+from medue_monai.evaluation.report import reusable_clean_run  # noqa: E402
 from medue_monai.protectors import load_protector  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -35,21 +36,9 @@ raw = protector._raw
 protector._raw = lambda net, images: raw(net, images) * gain
 folder = Path(sys.argv[3])
 print("write s", release_resample.rerelease(protector, protected, folder, "bilinear"), flush=True)
-earlier = json.loads((RESULTS / "seg_quick_cpu_unet.json").read_text())
-clean_run = {**earlier["clean"], "curves": earlier["curves"]["clean"]}
-if "split_sha256" in earlier:
-    clean_run["split_sha256"] = earlier["split_sha256"]
+clean_run = reusable_clean_run(json.loads((RESULTS / "seg_quick_cpu_unet.json").read_text()))
 started = time.perf_counter()
-results = evaluate_segmentation(
-    str(folder),
-    "seg-quick",
-    "unet",
-    device="cpu",
-    seed=0,
-    progress=False,
-    clean_run=clean_run,
-    output=str(folder / "results.json"),
-)
+results = release_resample.evaluate_copy(folder, clean_run)
 invisibility = results["invisibility"]
 print("gain", gain, "dice", results["protected"], "psnr", invisibility.get("psnr"), "ssim", invisibility.get("ssim"))
 print("evaluate s", time.perf_counter() - started)

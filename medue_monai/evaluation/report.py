@@ -8,7 +8,7 @@ from typing import Any
 
 from .plots import plot_learning_curves
 
-__all__ = ["write_results"]
+__all__ = ["reusable_clean_run", "write_results"]
 
 
 def write_results(results: dict[str, Any], output: str | Path, metric: str) -> dict[str, Any]:
@@ -38,3 +38,18 @@ def write_results(results: dict[str, Any], output: str | Path, metric: str) -> d
     tmp.write_text(json.dumps(results, indent=2) + "\n")
     tmp.replace(output)
     return results
+
+
+def reusable_clean_run(results: dict[str, Any]) -> dict[str, Any]:
+    """The clean-trained run of an evaluation's results, in the form its ``clean_run`` argument takes.
+
+    Args:
+        results: a ``results.json`` of ``evaluate_classification`` or ``evaluate_segmentation``.
+
+    Returns:
+        ``{**results["clean"], "curves": results["curves"]["clean"]}``, plus ``split_sha256`` when recorded.
+    """
+    run = {**results["clean"], "curves": results["curves"]["clean"]}
+    if "split_sha256" in results:
+        run["split_sha256"] = results["split_sha256"]
+    return run

@@ -358,17 +358,16 @@ def _test(network: torch.nn.Module, loader: DataLoader, device: torch.device) ->
     dice = DiceMetric(include_background=False, reduction="mean", ignore_empty=False)
     iou = MeanIoU(include_background=False, reduction="mean", ignore_empty=False)
     pixels = PixelScores()
-    with torch.no_grad():
-        for batch in loader:
-            images = batch["image"].as_tensor().to(device)
-            labels = (batch["label"].as_tensor().to(device) > 0.5).long()
-            logits = network(images)
-            prediction = logits.argmax(dim=1, keepdim=True)
-            pred_onehot = torch.cat([prediction == 0, prediction == 1], dim=1).float()
-            label_onehot = torch.cat([labels == 0, labels == 1], dim=1).float()
-            dice(pred_onehot, label_onehot)
-            iou(pred_onehot, label_onehot)
-            pixels.update((logits[:, 1:2] - logits[:, 0:1]).float(), labels == 1)
+    for batch in loader:
+        images = batch["image"].as_tensor().to(device)
+        labels = (batch["label"].as_tensor().to(device) > 0.5).long()
+        logits = network(images)
+        prediction = logits.argmax(dim=1, keepdim=True)
+        pred_onehot = torch.cat([prediction == 0, prediction == 1], dim=1).float()
+        label_onehot = torch.cat([labels == 0, labels == 1], dim=1).float()
+        dice(pred_onehot, label_onehot)
+        iou(pred_onehot, label_onehot)
+        pixels.update((logits[:, 1:2] - logits[:, 0:1]).float(), labels == 1)
     pixel_scores = pixels.aggregate()
     return {
         "dice": 100.0 * float(dice.aggregate().item()),
