@@ -141,7 +141,7 @@ PAPER_NAMES = {
 
 
 def _parse_options(items: list[str] | None) -> dict[str, dict[str, Any]]:
-    """``METHOD.key=value`` (value parsed as JSON when possible) into ``{method: {key: value}}``."""
+    """``METHOD.key=value`` into ``{method: {key: value}}``; values parsed as JSON, else as a fraction (``2/255``)."""
     options: dict[str, dict[str, Any]] = {}
     for item in items or []:
         target, _, value = item.partition("=")
@@ -151,7 +151,10 @@ def _parse_options(items: list[str] | None) -> dict[str, dict[str, Any]]:
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError:
-            parsed = value
+            try:
+                parsed = parse_fraction(value)
+            except MedueError:
+                parsed = value
         options.setdefault(method, {})[key] = parsed
     return options
 

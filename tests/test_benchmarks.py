@@ -273,3 +273,11 @@ def test_training_counter_measures_run_every_exploiter_and_name_their_results(se
     )
     with pytest.raises(SystemExit):
         baselines_args(baselines, [*common, "--adversarial-eps", "3"])
+
+
+def test_method_options_parse_json_and_fractions():
+    baselines = _baselines_module()
+    options = baselines._parse_options(["umed.background_eps=2/255", "umed.epochs=3", "salm.surrogate=smallcnn"])
+    assert options == {"umed": {"background_eps": 2 / 255, "epochs": 3}, "salm": {"surrogate": "smallcnn"}}
+    with pytest.raises(SystemExit, match="METHOD.key=value"):
+        baselines._parse_options(["epochs=3"])
