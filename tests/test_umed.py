@@ -90,11 +90,9 @@ def test_regions() -> None:
 def test_delta_bounds(fitted: UMedProtector) -> None:
     batch = _batch()
     images, labels = batch["image"], batch["label"]
-    band, interior, bound, bound_b = fitted.regions(images, labels)
-    assert bound_b.abs().max() == 0  # no background perturbation by default
+    band, interior, bound = fitted.regions(images, labels)
     with torch.no_grad():
-        delta_c, delta_t, delta_b = fitted.deltas(images, labels)
-    assert delta_b.abs().max() == 0
+        delta_c, delta_t = fitted.deltas(images, labels)
     assert delta_c.abs().max() <= EPS + 1e-7
     assert (delta_c * (1 - band)).abs().max() == 0
     assert delta_c.abs().sum() > 0
@@ -114,10 +112,10 @@ def test_ablation_switches() -> None:
         protector = UMedProtector(epochs=1, device="cpu", progress=False, **options)
         protector.prepare(batch)
         with torch.no_grad():
-            delta_c, delta_t, _ = protector.deltas(batch["image"], batch["label"])
+            delta_c, delta_t = protector.deltas(batch["image"], batch["label"])
         assert (delta_t if zero == "t" else delta_c).abs().max() == 0
     fixed = UMedProtector(fixed_bound=True, device="cpu")
-    _, interior, bound, _ = fixed.regions(batch["image"], batch["label"])
+    _, interior, bound = fixed.regions(batch["image"], batch["label"])
     assert torch.allclose(bound, EPS * interior)
     with pytest.raises(MedueError):
         UMedProtector(contour_only=True, texture_only=True)
@@ -216,7 +214,8 @@ def test_clean_negatives_train_the_surrogate_to_call_clean_images_background() -
     reference.prepare(batch)
     reference.surrogate.load_state_dict(start)
     with torch.no_grad():
-        protected = (images + sum(with_negatives.deltas(images, labels))).clamp(0.0, 1.0)
+        delta_c, delta_t = with_negatives.deltas(images, labels)
+    protected = (images + delta_c + delta_t).clamp(0.0, 1.0)
     perturbed_loss = reference.loss(reference.surrogate_logits(protected), labels)
     clean_loss = reference.loss(reference.surrogate_logits(images), torch.zeros_like(labels))
     (perturbed_loss + 0.5 * clean_loss).backward()
@@ -293,40 +292,3 @@ def test_bilevel_trainer_drives_umed() -> None:
     )
     trainer.run()
     assert phases == [1.0, 0.0] and protector.fitted
-
-
-def test_background_perturbation_stays_outside_the_roi_and_band_within_its_bound() -> None:
-    batch = _batch(16, 2)
-    images, labels = batch["image"], (batch["label"] > 0.5).float()
-    protector = UMedProtector(background_eps=2 / 255, device="cpu", progress=False)
-    protector.prepare(batch)
-    assert protector.texture_net(images).shape[1] == 2 * images.shape[1]  # F_t and F_b channels
-    band, interior, bound, bound_b = protector.regions(images, labels)
-    background = (1 - labels) * (1 - band)
-    assert torch.allclose(bound_b, 2 / 255 * texture_strength(images) * background)
-    with torch.no_grad():
-        delta_c, delta_t, delta_b = protector.deltas(images, labels)
-    assert delta_b.abs().sum() > 0
-    assert (delta_b.abs() <= bound_b + 1e-7).all() and delta_b.abs().max() <= 2 / 255 + 1e-7
-    assert (delta_b * (1 - background)).abs().max() == 0
-    assert (delta_t * (1 - interior)).abs().max() == 0 and (delta_c * (1 - band)).abs().max() == 0
-    # the generator step moves the background channels too
-    before = protector.texture_net.state_dict()["model.2.1.conv.unit0.conv.weight"].clone()
-    protector._generator_step(images, labels)
-    after = protector.texture_net.state_dict()["model.2.1.conv.unit0.conv.weight"]
-    assert not torch.equal(before[1], after[1])
-    protector.finalize()
-    with torch.no_grad():
-        parts = protector.deltas(images, labels)
-    delta = protector.perturb(images, labels)
-    assert torch.allclose(delta, (images + sum(parts)).clamp(0, 1) - images, atol=1e-6)
-    # an empty mask is all background: only the background perturbation remains
-    empty = protector.perturb(images, torch.zeros_like(labels))
-    assert empty.abs().sum() > 0 and empty.abs().max() <= 2 / 255 + 1e-6
-    # saved and loaded with the extra channels
-    restored = UMedProtector(background_eps=2 / 255, device="cpu", progress=False)
-    restored.load_state_dict(protector.state_dict())
-    assert torch.equal(restored.perturb(images, labels), protector.perturb(images, labels))
-    assert UMedProtector(device="cpu").config()["background_eps"] == 0.0
-    with pytest.raises(MedueError, match="background_eps"):
-        UMedProtector(background_eps=-0.1)

@@ -8,10 +8,7 @@ Two generators map an image to perturbations confined by its mask ``y``:
   encoder-decoder with central-difference convolutions in its encoder;
 - ROI interior ``y_t = y * (1 - y_c)``; ``delta_t = clip(F_t(x), -eps * x_t * y_t, eps * x_t * y_t)``
   with ``F_t`` a MONAI UNet and ``x_t`` the LBP texture-strength map (:func:`texture_strength`);
-- optionally (ours, ``background_eps > 0``) a background perturbation outside the ROI and the band,
-  ``delta_b = eps_b * x_t * (1 - y) * (1 - y_c) * tanh(F_b(x))``, where ``F_b`` is a second set of output
-  channels of the texture UNet;
-- ``x_p = clip(x + delta_c + delta_t + delta_b, 0, 1)``; the generators MINIMIZE the surrogate U-Net's DiceCE
+- ``x_p = clip(x + delta_c + delta_t, 0, 1)``; both generators MINIMIZE the surrogate U-Net's DiceCE
   loss on ``x_p`` (error-minimizing: an easy shortcut the exploiter learns instead of the anatomy).
 
 Training interleaves generator and surrogate steps within every minibatch by default
@@ -156,14 +153,6 @@ class UMedProtector(Protector):
             Each surrogate step then runs on twice the batch. On Kvasir-SEG (seg-quick UNet, CPU, seed 0)
             ``clean_negatives=1`` left 10.97 % Dice and ``clean_negatives=4`` 12.63 %, against the defaults'
             8.16 %, so it is off by default.
-        background_eps: L-inf bound of a background perturbation (0 = off, the paper's regions; ours),
-            applied outside the ROI and the contour band under the same texture rule as ``delta_t``
-            (``background_eps * x_t``, or ``background_eps`` with ``fixed_bound``), produced by
-            ``in_channels`` extra output channels of the texture UNet and trained with the same
-            error-minimizing objective. Motivation: a U-Net normalizes each feature map per image, so an
-            exploiter that learned "foreground = where pattern A is" still marks the top ~12 % of a clean
-            image's pattern-detector responses; a second learned pattern that marks the background gives
-            the exploiter a second cue to require, and on clean images both are missing.
         progress: show tqdm progress bars.
         seed: random seed.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
@@ -195,7 +184,6 @@ class UMedProtector(Protector):
         fixed_bound: bool = False,
         reset_every: int = 0,
         clean_negatives: float = 0.0,
-        background_eps: float = 0.0,
         progress: bool = True,
         seed: int = 0,
         device: str | torch.device = "auto",
@@ -214,8 +202,6 @@ class UMedProtector(Protector):
             raise MedueError(f"reset_every must be >= 0, got {reset_every}")
         if not float(clean_negatives) >= 0:
             raise MedueError(f"clean_negatives must be >= 0, got {clean_negatives}")
-        if not 0 <= float(background_eps) <= 1:
-            raise MedueError(f"background_eps must be in [0, 1], got {background_eps}")
         if alternation not in ("epoch", "batch"):
             raise MedueError(f"alternation must be 'epoch' or 'batch', got {alternation!r}")
         if output not in ("tanh", "linear"):
@@ -241,7 +227,6 @@ class UMedProtector(Protector):
         self.fixed_bound = bool(fixed_bound)
         self.reset_every = int(reset_every)
         self.clean_negatives = float(clean_negatives)
-        self.background_eps = float(background_eps)
         self.progress = bool(progress)
         self.in_channels = 0
         self.current_epoch = 0
@@ -273,7 +258,6 @@ class UMedProtector(Protector):
             "fixed_bound": self.fixed_bound,
             "reset_every": self.reset_every,
             "clean_negatives": self.clean_negatives,
-            "background_eps": self.background_eps,
             "seed": self.seed,
         }
 
@@ -307,8 +291,7 @@ class UMedProtector(Protector):
         torch.manual_seed(self.seed)
         self.in_channels = int(in_channels)
         self.contour_net = CDCUNet(in_channels, in_channels, cdc=self.cdc).to(self.device)
-        texture_outputs = in_channels * (2 if self.background_eps > 0 else 1)
-        self.texture_net = texture_generator(in_channels, texture_outputs).to(self.device)
+        self.texture_net = texture_generator(in_channels, in_channels).to(self.device)
         self._build_surrogate()
         generator_parameters = list(self.contour_net.parameters()) + list(self.texture_net.parameters())
         self.generator_optimizer = torch.optim.Adam(generator_parameters, lr=self.lr_generator)
@@ -351,35 +334,29 @@ class UMedProtector(Protector):
         padded, (height, width) = self._pad16(images, minimum=32)
         return self.surrogate(padded)[..., :height, :width]
 
-    def regions(
-        self, images: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return ``(y_c, y_t, bound_t, bound_b)``: contour band, ROI interior and the texture and background bounds.
+    def regions(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``(y_c, y_t, bound_t)``: contour band, ROI interior and the per-pixel texture bound.
 
         Args:
             images: ``(B, C, H, W)`` images in [0, 1].
             labels: ``(B, 1, H, W)`` binary masks.
 
         Returns:
-            Four ``(B, 1, H, W)`` tensors; ``bound_t = eps * x_t * y_t`` (``eps * y_t`` if ``fixed_bound``) and
-            ``bound_b = background_eps * x_t * (1 - y) * (1 - y_c)`` (without ``x_t`` if ``fixed_bound``; zero
-            when ``background_eps`` is 0).
+            Three ``(B, 1, H, W)`` tensors; ``bound_t = eps * x_t * y_t`` (``eps * y_t`` if ``fixed_bound``).
         """
         radius = contour_radius(int(images.shape[-2]), int(images.shape[-1]), self.contour_radius)
         band = contour_band(labels.float(), radius)
-        foreground = (labels > 0.5).float()
-        interior = foreground * (1.0 - band)
-        background = (1.0 - foreground) * (1.0 - band)
+        interior = (labels > 0.5).float() * (1.0 - band)
         if self.fixed_bound:
-            strength = torch.ones_like(interior)
+            bound = self.eps * interior
         else:
-            strength = texture_strength(images, self.lbp_points, self.lbp_radius)
-        return band, interior, self.eps * strength * interior, self.background_eps * strength * background
+            bound = self.eps * texture_strength(images, self.lbp_points, self.lbp_radius) * interior
+        return band, interior, bound
 
     def deltas(
         self, images: torch.Tensor, labels: torch.Tensor, regions: tuple[torch.Tensor, ...] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(delta_c, delta_t, delta_b)`` for a batch, each inside its own bound (differentiable in the generators).
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(delta_c, delta_t)`` for a batch, each inside its own bound (differentiable in the generators).
 
         Args:
             images: ``(B, C, H, W)`` images in [0, 1] on the protector's device.
@@ -391,9 +368,8 @@ class UMedProtector(Protector):
             (``output="linear"``, the paper's clip), or their smooth forms ``eps * tanh(F_c(x)) * y_c`` and
             ``eps * x_t * y_t * tanh(F_t(x))`` (``output="tanh"``), which stay inside the same bounds while
             keeping a gradient at every pixel (a clip to a per-pixel bound below ``eps`` silences most of it).
-            ``delta_b`` is the background perturbation inside ``bound_b`` (zeros when ``background_eps`` is 0).
         """
-        band, _, bound, bound_b = regions if regions is not None else self.regions(images, labels)
+        band, _, bound = regions if regions is not None else self.regions(images, labels)
         zeros = torch.zeros_like(images)
         smooth = self.output == "tanh"
         if self.texture_only:
@@ -401,21 +377,12 @@ class UMedProtector(Protector):
         else:
             raw_c = self._raw(self.contour_net, images)
             delta_c = self.eps * torch.tanh(raw_c) * band if smooth else (raw_c * band).clamp(-self.eps, self.eps)
-        delta_t = delta_b = zeros
-        if not self.contour_only or self.background_eps > 0:
-            raw = self._raw(self.texture_net, images)
-            raw_t, raw_b = raw[:, : images.shape[1]], raw[:, images.shape[1] :]
-            if not self.contour_only:
-                delta_t = bound * torch.tanh(raw_t) if smooth else torch.maximum(torch.minimum(raw_t, bound), -bound)
-            if self.background_eps > 0:
-                delta_b = (
-                    bound_b * torch.tanh(raw_b) if smooth else torch.maximum(torch.minimum(raw_b, bound_b), -bound_b)
-                )
-        return delta_c, delta_t, delta_b
-
-    def _perturbed(self, images: torch.Tensor, labels: torch.Tensor, regions=None) -> torch.Tensor:
-        """``clip(x + delta_c + delta_t + delta_b, 0, 1)`` (differentiable in the generators)."""
-        return (images + sum(self.deltas(images, labels, regions))).clamp(0.0, 1.0)
+        if self.contour_only:
+            delta_t = zeros
+        else:
+            raw_t = self._raw(self.texture_net, images)
+            delta_t = bound * torch.tanh(raw_t) if smooth else torch.maximum(torch.minimum(raw_t, bound), -bound)
+        return delta_c, delta_t
 
     # ------------------------------------------------------------------ training
     def prepare(self, first_batch: dict, num_classes: int = 2, num_samples: int = 0) -> None:
@@ -468,7 +435,8 @@ class UMedProtector(Protector):
         """One Adam step of the surrogate on the current perturbed batch (plus clean negatives if asked)."""
         self.surrogate.train()
         with torch.no_grad():
-            protected = self._perturbed(images, labels, regions)
+            delta_c, delta_t = self.deltas(images, labels, regions)
+        protected = (images + delta_c + delta_t).clamp(0.0, 1.0)
         if self.clean_negatives > 0:
             # one forward pass over both halves (the U-Net normalizes per instance, so they do not mix)
             logits = self.surrogate_logits(torch.cat([protected, images]))
@@ -490,7 +458,8 @@ class UMedProtector(Protector):
         self.texture_net.train()
         self.surrogate.requires_grad_(False)
         try:
-            protected = self._perturbed(images, labels, regions)
+            delta_c, delta_t = self.deltas(images, labels, regions)
+            protected = (images + delta_c + delta_t).clamp(0.0, 1.0)
             loss = self.loss(self.surrogate_logits(protected), labels)
             self.generator_optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -559,12 +528,11 @@ class UMedProtector(Protector):
     # ------------------------------------------------------------------ apply
     @torch.no_grad()
     def perturb(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
-        """One forward pass of both generators: ``clip(x + delta_c + delta_t + delta_b, 0, 1) - x``.
+        """One forward pass of both generators: ``clip(x + delta_c + delta_t, 0, 1) - x``.
 
         Args:
             images: ``(B, C, H, W)`` images in [0, 1].
-            labels: ``(B, 1, H, W)`` binary masks (an empty mask gives a zero perturbation unless
-                ``background_eps`` > 0, which perturbs the background).
+            labels: ``(B, 1, H, W)`` binary masks (an empty mask gives a zero perturbation).
             indices: unused (UMed generalizes to new images).
 
         Returns:
@@ -578,7 +546,8 @@ class UMedProtector(Protector):
             y = y[:, None]
         if x.shape[1] != self.in_channels:
             raise MedueError(f"umed was fitted on {self.in_channels}-channel images, got {x.shape[1]} channels")
-        delta = self._perturbed(x, y) - x
+        delta_c, delta_t = self.deltas(x, y)
+        delta = (x + delta_c + delta_t).clamp(0.0, 1.0) - x
         return delta.to(device=images_t.device, dtype=images_t.dtype)
 
 
