@@ -174,7 +174,6 @@ class SALMProtector(Protector):
         reset_every: int = 0,
         rank: str = "magnitude",
         block: int = 4,
-        clean_class: int = -1,
         progress: bool = True,
         seed: int = 0,
         device: str | torch.device = "auto",
@@ -227,7 +226,6 @@ class SALMProtector(Protector):
         self.reset_every = int(reset_every)
         self.rank = rank
         self.block = int(block)
-        self.clean_class = int(clean_class)
         self._l0_each_step = l0_projection == "every_step"
         self._projection_k = self.k
         self.progress = bool(progress)
@@ -265,7 +263,6 @@ class SALMProtector(Protector):
             "reset_every": self.reset_every,
             "rank": self.rank,
             "block": self.block,
-            "clean_class": self.clean_class,
             "seed": self.seed,
         }
 
@@ -381,11 +378,6 @@ class SALMProtector(Protector):
                 self.delta[unique] = self._sign_step(self.delta[unique], summed, None)
             else:
                 self.delta[keys] = self._sign_step(self.delta[keys], gradient, images)
-        if self.clean_class >= 0:
-            if self.classwise:
-                self.delta[self.clean_class] = 0.0
-            else:
-                self.delta[keys[labels == self.clean_class]] = 0.0
 
     def model_step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> tuple[float, float]:
         """One SGD step of the surrogate on ``t(x + delta)``; returns (loss, accuracy) on the batch."""
@@ -575,8 +567,6 @@ class SALMProtector(Protector):
                 gradient = self._delta_gradient(images_d, delta, labels_d)
                 delta = self._sign_step(delta, gradient, images_d)
         delta = project_linf(delta, images_d, self.eps)
-        if self.clean_class >= 0:
-            delta = delta * (labels_d != self.clean_class).view(-1, 1, 1, 1).to(delta.dtype)
         if self.l0_projection != "none":
             delta = project_l0(delta, self.k, block=self.block)
         return delta.to(device=device, dtype=dtype)
