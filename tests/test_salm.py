@@ -364,3 +364,40 @@ def test_block_salm_releases_tile_constant_sparse_noise_within_budget(tmp_path):
         assert torch.equal(tiles.amax(dim=(3, 5)), tiles.amin(dim=(3, 5))), "each 2x2 tile holds one value"
     with pytest.raises(MedueError, match="block must"):
         SALMProtector(block=0, device="cpu")
+
+
+def test_mix_images_trains_the_surrogate_on_each_delta_placed_on_another_image():
+    source = load_classification_spec(SPEC)
+    batch = next(iter(_loader(source)))
+    images, labels, indices = batch["image"].as_tensor().float(), batch["label"].reshape(-1).long(), batch["index"]
+    mixed = SALMProtector(epochs=1, block=1, mix_images=True, device="cpu", progress=False, seed=0)
+    mixed.prepare(batch, source.num_classes, 24)
+    mixed.delta[indices] = EPS * torch.sign(torch.randn_like(images))
+    start = {k: v.clone() for k, v in mixed.surrogate.state_dict().items()}
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))  # the protector's next draw
+    assert mixed.config()["mix_images"] is True
+
+    # the same surrogate step by hand: delta i on image order[i], label i
+    reference = SALMProtector(epochs=1, block=1, device="cpu", progress=False, seed=0)
+    reference.prepare(batch, source.num_classes, 24)
+    reference.surrogate.load_state_dict(start)
+    reference.surrogate.train()
+    logits = reference.surrogate((images[order] + mixed.delta[indices]).clamp(0, 1))
+    torch.nn.functional.cross_entropy(logits, labels).backward()
+    expected = {n: p.grad.clone() for n, p in reference.surrogate.named_parameters()}
+    mixed.model_step(images, labels, indices)
+    for name, parameter in mixed.surrogate.named_parameters():
+        assert torch.allclose(parameter.grad, expected[name], atol=1e-6), name
+
+    # the noise step adds the gradient of each delta on another image to the one on its own image
+    mixed.surrogate.load_state_dict(start)
+    delta = mixed.delta[indices].clone()
+    order = torch.randperm(len(images), generator=mixed.generator.clone_state())
+    own = mixed._delta_gradient(images, delta, labels)
+    other = mixed._delta_gradient(images[order], delta, labels)
+    step = mixed._sign_step(delta.clone(), own + other, images)
+    without = mixed._sign_step(delta.clone(), own, images)
+    mixed.noise_step(images, labels, indices, 1)
+    assert torch.equal(mixed.delta[indices], step)
+    assert not torch.equal(step, without), "the other image's gradient must change the step"
+    assert SALMProtector(device="cpu").config()["mix_images"] is False

@@ -137,6 +137,12 @@ class SALMProtector(Protector):
             filter (seed 0) ``block=4`` 62.18 %, ``block=3`` 68.59 %, ``block=1`` 83.33 % (clean-trained
             83.97 %); ``block=2`` kept less through the Gaussian filter (78.21 %, seed 0). At 28x28 and K = 10 %
             ``block=4`` keeps 4 tiles (8.16 % of the positions). ``benchmarks/README.md`` has the runs.
+        mix_images: decouple each delta from its own image (ours; off = the paper's objective): every
+            surrogate step sees each sample's delta on another image of the minibatch (a random
+            permutation) with the delta's label, and every noise step adds the gradient of the delta on that
+            other image to the gradient on its own. The surrogate then learns the deltas rather than the
+            anatomy, and each delta must carry its label whatever image it sits on, so no sample's noise is
+            left weak where its anatomy happens to be easy. Each noise step costs two gradients.
         progress: show tqdm progress bars.
         seed: random seed.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
@@ -174,6 +180,7 @@ class SALMProtector(Protector):
         reset_every: int = 0,
         rank: str = "magnitude",
         block: int = 4,
+        mix_images: bool = False,
         progress: bool = True,
         seed: int = 0,
         device: str | torch.device = "auto",
@@ -226,6 +233,7 @@ class SALMProtector(Protector):
         self.reset_every = int(reset_every)
         self.rank = rank
         self.block = int(block)
+        self.mix_images = bool(mix_images)
         self._l0_each_step = l0_projection == "every_step"
         self._projection_k = self.k
         self.progress = bool(progress)
@@ -263,6 +271,7 @@ class SALMProtector(Protector):
             "reset_every": self.reset_every,
             "rank": self.rank,
             "block": self.block,
+            "mix_images": self.mix_images,
             "seed": self.seed,
         }
 
@@ -302,6 +311,10 @@ class SALMProtector(Protector):
 
     def _keys(self, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         return labels if self.classwise else indices
+
+    def _permutation(self, size: int) -> torch.Tensor:
+        """A random order of a minibatch (drawn from the protector's generator), on the protector's device."""
+        return torch.randperm(size, generator=self.generator).to(self.device)
 
     def _delta_gradient(self, images: torch.Tensor, delta: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean over J sampled transforms of d CE(f(t(x + delta)), y) / d delta."""
@@ -369,8 +382,11 @@ class SALMProtector(Protector):
         """
         self.surrogate.eval()
         keys = self._keys(labels, indices)
+        shuffled = images[self._permutation(len(images))] if self.mix_images else None
         for _ in range(steps):
             gradient = self._delta_gradient(images, self.delta[keys], labels)
+            if shuffled is not None:
+                gradient = gradient + self._delta_gradient(shuffled, self.delta[keys], labels)
             if self.classwise:
                 unique, inverse = keys.unique(return_inverse=True)
                 summed = torch.zeros((len(unique),) + gradient.shape[1:], device=gradient.device)
@@ -382,6 +398,8 @@ class SALMProtector(Protector):
     def model_step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> tuple[float, float]:
         """One SGD step of the surrogate on ``t(x + delta)``; returns (loss, accuracy) on the batch."""
         self.surrogate.train()
+        if self.mix_images:
+            images = images[self._permutation(len(images))]
         inputs = (images + self.delta[self._keys(labels, indices)]).clamp(0.0, 1.0)
         if self.num_transforms > 1:
             inputs = sample_transform(inputs, self.generator)
