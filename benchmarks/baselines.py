@@ -868,7 +868,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="adversarial training of every exploiter run, clean included: PGD radius such as 4/255 or 8/255 "
         "(medue evaluate --adversarial-eps; default: 0, off)",
     )
-    parser.add_argument("--option", action="append", metavar="METHOD.key=VALUE", help="a method option (repeatable)")
+    parser.add_argument(
+        "--option",
+        action="append",
+        metavar="METHOD.key=VALUE",
+        help="a method option (repeatable; default: the method's defaults)",
+    )
     parser.add_argument(
         "--reuse",
         action="append",
@@ -900,9 +905,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep methods already in the results JSON, continue an interrupted fit of a resumable method "
         "(salm, em, em-seg, umed) from its checkpoint in --work-dir, and reuse a finished protected copy there "
-        "of the same method, options and data (for instance to evaluate it under another --defense)",
+        "of the same method, options and data (for instance to evaluate it under another --defense; default: off)",
     )
-    parser.add_argument("--progress", action="store_true", help="show progress bars")
+    parser.add_argument("--progress", action="store_true", help="show progress bars (default: hidden)")
     parser.add_argument(
         "--retrain-clean",
         action="store_true",

@@ -137,9 +137,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--protector", default=None, help="the fitted protector (default: <protected>.protector.pt)")
     parser.add_argument("--modes", default="bilinear,inverse", help="resample modes (default: bilinear,inverse)")
     parser.add_argument("--limit", type=int, default=100, help="training images measured (default: 100)")
-    parser.add_argument("--evaluate", action="store_true", help="re-release and train the exploiter per mode")
-    parser.add_argument("--work-dir", default=None, help="where --evaluate writes the re-released copies")
-    parser.add_argument("--clean-from", default=None, help="results JSON whose clean-trained run is reused")
+    parser.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="re-release and train the exploiter per mode (default: off, measure only)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        default=None,
+        help="where --evaluate writes the re-released copies (default: <protected>-resample beside the copy)",
+    )
+    parser.add_argument(
+        "--clean-from", default=None, help="results JSON whose clean-trained run is reused (default: train it)"
+    )
     parser.add_argument("--recipe", default="seg-quick", help="exploiter recipe (default: seg-quick)")
     parser.add_argument("--exploiter", default="unet", help="exploiter network (default: unet)")
     parser.add_argument("--device", default="cpu", help="device of the exploiter (default: cpu)")

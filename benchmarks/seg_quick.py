@@ -53,16 +53,30 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write its JSON and markdown results; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (default: auto)")
-    parser.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument(
+        "--data-root",
+        default=str(Path(__file__).resolve().parents[2] / "shared" / "data"),
+        help="folder holding the dataset folder (default: ../shared/data beside the checkout)",
+    )
     parser.add_argument("--dataset", default="kvasir-seg", help="folder under --data-root (default: kvasir-seg)")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N pairs (smoke tests)")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N pairs (default: all)")
     parser.add_argument("--epochs", type=int, default=None, help="exploiter epochs (default: the recipe's 40)")
-    parser.add_argument("--spatial-size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--umed-option", action="append", default=[], help="UMed option key=value (repeatable)")
-    parser.add_argument("--exploiters", default=",".join(EXPLOITERS), help="comma-separated exploiter names")
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="results folder")
+    parser.add_argument("--spatial-size", type=int, default=128, help="working side in pixels (default: 128)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of split, fit and exploiters (default: 0)")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default: 0)")
+    parser.add_argument(
+        "--umed-option", action="append", default=[], help="UMed option key=value (repeatable; default: none)"
+    )
+    parser.add_argument(
+        "--exploiters",
+        default=",".join(EXPLOITERS),
+        help=f"comma-separated exploiter names (default: {','.join(EXPLOITERS)})",
+    )
+    parser.add_argument(
+        "--out",
+        default=str(Path(__file__).resolve().parent / "results"),
+        help="results folder (default: benchmarks/results)",
+    )
     parser.add_argument(
         "--work",
         default=None,
@@ -78,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="evaluate this existing UMed-protected copy instead of fitting UMed again (default: fit)",
     )
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars (default: shown)")
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)

@@ -370,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--exploiter",
         default=None,
-        help="resnet18, resnet50, vgg11, densenet121 | unet, attentionunet, basicunetplusplus, swinunetr "
+        help="resnet18, resnet50, vgg11, densenet121 | unet, unet-batchnorm, attentionunet, basicunetplusplus, "
+        "swinunetr "
         "(default: the recipe's)",
     )
     evaluate.add_argument(

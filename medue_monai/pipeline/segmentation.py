@@ -50,7 +50,7 @@ from .resume import attach_fit_checkpoint
 
 __all__ = ["EXPLOITERS", "build_exploiter", "evaluate_segmentation", "protect_segmentation"]
 
-EXPLOITERS = ("unet", "attentionunet", "basicunetplusplus", "swinunetr")
+EXPLOITERS = ("unet", "unet-batchnorm", "attentionunet", "basicunetplusplus", "swinunetr")
 
 
 def _pair_stats(clean: np.ndarray, written: np.ndarray) -> tuple[int, int, int, int, int]:
@@ -318,8 +318,13 @@ def protect_segmentation(
 def build_exploiter(name: str, in_channels: int, spatial_size: int) -> torch.nn.Module:
     """A MONAI segmentation network with 2 output channels (background, foreground).
 
+    ``unet`` is the seg-quick U-Net with MONAI's default instance normalization; ``unet-batchnorm`` is the same
+    network with batch normalization, as in the classic U-Net. The two react differently to a protected copy: an
+    instance-normalized network rescales every feature map per image, so it cannot tell "this image has no
+    shortcut" from "this image has a weak one" (see ``benchmarks/README.md``).
+
     Args:
-        name: ``unet``, ``attentionunet``, ``basicunetplusplus`` or ``swinunetr``.
+        name: ``unet``, ``unet-batchnorm``, ``attentionunet``, ``basicunetplusplus`` or ``swinunetr``.
         in_channels: image channels.
         spatial_size: working side (SwinUNETR needs a multiple of 32).
 
@@ -329,8 +334,11 @@ def build_exploiter(name: str, in_channels: int, spatial_size: int) -> torch.nn.
     Raises:
         MedueError: for an unknown name.
     """
-    if name == "unet":
-        return UNet(2, in_channels, 2, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2)
+    if name in ("unet", "unet-batchnorm"):
+        norm = "batch" if name == "unet-batchnorm" else "instance"
+        return UNet(
+            2, in_channels, 2, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2, norm=norm
+        )
     if name == "attentionunet":
         return AttentionUnet(2, in_channels, 2, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2))
     if name == "basicunetplusplus":
