@@ -19,7 +19,7 @@ from medue_monai.data.segmentation import (
     split_ids,
 )
 from medue_monai.io.manifest import read_manifest
-from medue_monai.pipeline.segmentation import protect_segmentation
+from medue_monai.pipeline.segmentation import EXPLOITERS, build_exploiter, protect_segmentation
 from medue_monai.utils import MedueError
 
 TINY = {"epochs": 1, "progress": False}
@@ -288,3 +288,18 @@ def test_written_file_carries_the_perturbation_to_the_reader() -> None:
         seen = resize_image(written, 16, 3) - resize_image(clean, 16, 3)
         views[mode] = float((seen * delta).sum() / (seen.norm() * delta.norm()))
     assert views["inverse"] > max(0.93, views["bilinear"] + 0.05), views
+
+
+@pytest.mark.parametrize(
+    ("name", "norm_type"), [("unet", torch.nn.InstanceNorm2d), ("unet-batchnorm", torch.nn.BatchNorm2d)]
+)
+def test_unet_exploiters_differ_only_in_their_normalization(name: str, norm_type: type) -> None:
+    network = build_exploiter(name, 3, 32)
+    norms = [m for m in network.modules() if isinstance(m, (torch.nn.InstanceNorm2d, torch.nn.BatchNorm2d))]
+    assert norms and all(isinstance(m, norm_type) for m in norms)
+    other = build_exploiter("unet-batchnorm" if name == "unet" else "unet", 3, 32)
+    assert [p.shape for p in network.parameters() if p.ndim > 1] == [p.shape for p in other.parameters() if p.ndim > 1]
+    assert network.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 2, 32, 32)
+    assert name in EXPLOITERS
+    with pytest.raises(MedueError, match="unknown segmentation exploiter"):
+        build_exploiter("unet-groupnorm", 3, 32)
