@@ -153,12 +153,6 @@ class UMedProtector(Protector):
             Each surrogate step then runs on twice the batch. On Kvasir-SEG (seg-quick UNet, CPU, seed 0)
             ``clean_negatives=1`` left 10.97 % Dice and ``clean_negatives=4`` 12.63 %, against the defaults'
             8.16 %, so it is off by default.
-        clean_alignment: weight of a second generator objective (0 = off, the paper's objective; ours): the
-            cosine similarity between the surrogate's weight gradient on the perturbed batch and its weight
-            gradient on the same images left clean (same masks). Minimizing it turns a training step on the
-            released images into a step that RAISES the loss on clean images, so an exploiter that learns from
-            them is pushed away from the anatomy instead of merely past it. It costs a second-order
-            gradient (about three times a generator step).
         progress: show tqdm progress bars.
         seed: random seed.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
@@ -190,7 +184,6 @@ class UMedProtector(Protector):
         fixed_bound: bool = False,
         reset_every: int = 0,
         clean_negatives: float = 0.0,
-        clean_alignment: float = 0.0,
         progress: bool = True,
         seed: int = 0,
         device: str | torch.device = "auto",
@@ -207,9 +200,8 @@ class UMedProtector(Protector):
                 raise MedueError(f"{option} must be >= 1, got {value}")
         if int(reset_every) < 0:
             raise MedueError(f"reset_every must be >= 0, got {reset_every}")
-        for option, value in (("clean_negatives", clean_negatives), ("clean_alignment", clean_alignment)):
-            if not float(value) >= 0:
-                raise MedueError(f"{option} must be >= 0, got {value}")
+        if not float(clean_negatives) >= 0:
+            raise MedueError(f"clean_negatives must be >= 0, got {clean_negatives}")
         if alternation not in ("epoch", "batch"):
             raise MedueError(f"alternation must be 'epoch' or 'batch', got {alternation!r}")
         if output not in ("tanh", "linear"):
@@ -235,7 +227,6 @@ class UMedProtector(Protector):
         self.fixed_bound = bool(fixed_bound)
         self.reset_every = int(reset_every)
         self.clean_negatives = float(clean_negatives)
-        self.clean_alignment = float(clean_alignment)
         self.progress = bool(progress)
         self.in_channels = 0
         self.current_epoch = 0
@@ -267,7 +258,6 @@ class UMedProtector(Protector):
             "fixed_bound": self.fixed_bound,
             "reset_every": self.reset_every,
             "clean_negatives": self.clean_negatives,
-            "clean_alignment": self.clean_alignment,
             "seed": self.seed,
         }
 
@@ -303,7 +293,8 @@ class UMedProtector(Protector):
         self.contour_net = CDCUNet(in_channels, in_channels, cdc=self.cdc).to(self.device)
         self.texture_net = texture_generator(in_channels, in_channels).to(self.device)
         self._build_surrogate()
-        self.generator_optimizer = torch.optim.Adam(self._generator_parameters(), lr=self.lr_generator)
+        generator_parameters = list(self.contour_net.parameters()) + list(self.texture_net.parameters())
+        self.generator_optimizer = torch.optim.Adam(generator_parameters, lr=self.lr_generator)
 
     def _build_surrogate(self, seed: int | None = None) -> None:
         """Create the surrogate U-Net (the seg-quick exploiter's architecture) and its Adam optimizer.
@@ -465,43 +456,17 @@ class UMedProtector(Protector):
         self.surrogate.eval()
         self.contour_net.train()
         self.texture_net.train()
-        self.surrogate.requires_grad_(self.clean_alignment > 0)
+        self.surrogate.requires_grad_(False)
         try:
             delta_c, delta_t = self.deltas(images, labels, regions)
             protected = (images + delta_c + delta_t).clamp(0.0, 1.0)
             loss = self.loss(self.surrogate_logits(protected), labels)
-            objective = loss
-            if self.clean_alignment > 0:
-                objective = loss + self.clean_alignment * self._gradient_alignment(images, labels, loss)
             self.generator_optimizer.zero_grad(set_to_none=True)
-            objective.backward(inputs=self._generator_parameters())
+            loss.backward()
             self.generator_optimizer.step()
         finally:
             self.surrogate.requires_grad_(True)
         return {"loss": float(loss.detach()), "phase_surrogate": 0.0}
-
-    def _generator_parameters(self) -> list[torch.nn.Parameter]:
-        return list(self.contour_net.parameters()) + list(self.texture_net.parameters())
-
-    def _gradient_alignment(self, images: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity of the surrogate's weight gradients on the perturbed and on the clean batch.
-
-        Args:
-            images: the clean batch.
-            labels: its masks.
-            loss: the surrogate's loss on the perturbed batch (graph kept: the result is differentiable in
-                the generators through the perturbed gradient).
-
-        Returns:
-            A scalar in [-1, 1]; -1 when a descent step on the perturbed batch is an ascent step on the clean one.
-        """
-        weights = [p for p in self.surrogate.parameters() if p.requires_grad]
-        clean_gradient = torch.autograd.grad(self.loss(self.surrogate_logits(images), labels), weights)
-        perturbed_gradient = torch.autograd.grad(loss, weights, create_graph=True)
-        dot = sum((p * c).sum() for p, c in zip(perturbed_gradient, clean_gradient, strict=True))
-        perturbed_norm = torch.sqrt(sum((p * p).sum() for p in perturbed_gradient) + 1e-24)
-        clean_norm = torch.sqrt(sum((c * c).sum() for c in clean_gradient) + 1e-24)
-        return dot / (perturbed_norm * clean_norm)
 
     def finalize(self, loader: Iterable[dict] | None = None) -> None:
         """Freeze all networks in eval mode and mark the protector fitted (``loader`` is unused)."""
