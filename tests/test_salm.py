@@ -8,6 +8,7 @@ import torch
 from monai.data import DataLoader
 
 from medue_monai.data import load_classification_spec
+from medue_monai.nets import CLASSIFIER_NAMES, get_classifier, resolve_classifier
 from medue_monai.pipeline.classification import protect_classification
 from medue_monai.protectors import (
     BilevelTrainer,
@@ -401,3 +402,21 @@ def test_mix_images_trains_the_surrogate_on_each_delta_placed_on_another_image()
     assert torch.equal(mixed.delta[indices], step)
     assert not torch.equal(step, without), "the other image's gradient must change the step"
     assert SALMProtector(device="cpu").config()["mix_images"] is False
+
+
+@pytest.mark.parametrize(
+    ("name", "norm_type"), [("smallcnn", torch.nn.InstanceNorm2d), ("SmallCNN_BatchNorm", torch.nn.BatchNorm2d)]
+)
+def test_small_surrogates_differ_only_in_their_normalization(name: str, norm_type: type) -> None:
+    canonical = resolve_classifier(name, "cpu")
+    assert canonical in CLASSIFIER_NAMES
+    network = get_classifier(canonical, 1, 2, 28)
+    norms = [m for m in network.modules() if isinstance(m, (torch.nn.InstanceNorm2d, torch.nn.BatchNorm2d))]
+    assert norms and all(isinstance(m, norm_type) for m in norms)
+    other = get_classifier("smallcnn-batchnorm" if canonical == "smallcnn" else "smallcnn", 1, 2, 28)
+    assert [p.shape for p in network.parameters() if p.ndim > 1] == [p.shape for p in other.parameters() if p.ndim > 1]
+    assert network.eval()(torch.rand(3, 1, 28, 28)).shape == (3, 2)
+    # both small networks take the learning rate our smallcnn runs were measured with
+    assert SALMProtector(surrogate=name, device="cpu").lr == 0.01
+    with pytest.raises(MedueError, match="unknown network"):
+        resolve_classifier("smallcnn-groupnorm", "cpu")

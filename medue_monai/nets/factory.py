@@ -12,7 +12,7 @@ from .vgg import VGG11
 
 __all__ = ["AUTO_CLASSIFIER", "CLASSIFIER_NAMES", "PadTo", "get_classifier", "resolve_classifier"]
 
-CLASSIFIER_NAMES = ("resnet18", "resnet50", "vgg11", "densenet121", "smallcnn")
+CLASSIFIER_NAMES = ("resnet18", "resnet50", "vgg11", "densenet121", "smallcnn", "smallcnn-batchnorm")
 # What ``"auto"`` means per device type for surrogates: the papers' ResNet-18 on an accelerator, the small
 # residual ``Classifier`` on a CPU (ResNet-18 with the stride-1 28x28 stem costs ~95 s per BreastMNIST epoch
 # of SALM on 2 CPU cores; ``smallcnn`` about 1.3 s).
@@ -34,9 +34,15 @@ def resolve_classifier(name: str, device: torch.device | str) -> str:
     """
     if name == "auto":
         return AUTO_CLASSIFIER.get(torch.device(device).type, "resnet18")
-    if name.lower().replace("-", "").replace("_", "") not in CLASSIFIER_NAMES:
+    canonical = {_key(known): known for known in CLASSIFIER_NAMES}.get(_key(name))
+    if canonical is None:
         raise MedueError(f"unknown network {name!r}; choose auto or one of {', '.join(CLASSIFIER_NAMES)}")
-    return name
+    return canonical
+
+
+def _key(name: str) -> str:
+    """``name`` lower-cased without ``-`` and ``_`` (``ResNet-18`` and ``resnet18`` are the same network)."""
+    return name.lower().replace("-", "").replace("_", "")
 
 
 class PadTo(nn.Module):
@@ -84,7 +90,8 @@ def get_classifier(name: str, in_channels: int, num_classes: int, spatial_size: 
     Args:
         name: one of ``resnet18``, ``resnet50``, ``vgg11``, ``densenet121``, or ``smallcnn`` (MONAI's
             ``Classifier`` with channels 32/64/128 and stride-2 residual units: a fast CPU network for the
-            demo and quick trials, not one of the papers' exploiters).
+            demo and quick trials, not one of the papers' exploiters; MONAI's default instance norm) or
+            ``smallcnn-batchnorm`` (the same network with batch norm, as the ResNets have).
         in_channels: image channels (1 grey, 3 RGB).
         num_classes: number of classes.
         spatial_size: input side; <= 64 selects the small-image stem for ResNets.
@@ -95,7 +102,7 @@ def get_classifier(name: str, in_channels: int, num_classes: int, spatial_size: 
     Raises:
         MedueError: for an unknown name.
     """
-    key = name.lower().replace("-", "").replace("_", "")
+    key = _key(name)
     small = spatial_size <= 64
     if key == "resnet18":
         return _resnet("basic", [2, 2, 2, 2], in_channels, num_classes, small)
@@ -105,12 +112,13 @@ def get_classifier(name: str, in_channels: int, num_classes: int, spatial_size: 
         return PadTo(VGG11(in_channels, num_classes), 32)
     if key == "densenet121":
         return PadTo(DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=num_classes), 32)
-    if key == "smallcnn":
+    if key in ("smallcnn", "smallcnnbatchnorm"):
         return Classifier(
             in_shape=(in_channels, spatial_size, spatial_size),
             classes=num_classes,
             channels=(32, 64, 128),
             strides=(2, 2, 2),
             num_res_units=1,
+            norm="batch" if key == "smallcnnbatchnorm" else "instance",
         )
     raise MedueError(f"unknown exploiter/network {name!r}; choose from {', '.join(CLASSIFIER_NAMES)}")

@@ -32,7 +32,7 @@ L0_MODES = ("every_step", "final", "anneal", "none")
 RANKS = ("magnitude", "signed")
 # ``lr=None``: the paper's SGD lr 0.1 for its ResNet-18; 0.01 for ``smallcnn``, the value all our
 # smallcnn runs (demo, CPU benchmarks) were measured with; 0.1 was not measured for it.
-SURROGATE_LR = {"smallcnn": 0.01}
+SURROGATE_LR = {"smallcnn": 0.01, "smallcnn-batchnorm": 0.01}
 DEFAULT_LR = 0.1
 
 
