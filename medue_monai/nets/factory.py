@@ -91,7 +91,8 @@ def get_classifier(name: str, in_channels: int, num_classes: int, spatial_size: 
         name: one of ``resnet18``, ``resnet50``, ``vgg11``, ``densenet121``, or ``smallcnn`` (MONAI's
             ``Classifier`` with channels 32/64/128 and stride-2 residual units: a fast CPU network for the
             demo and quick trials, not one of the papers' exploiters; MONAI's default instance norm) or
-            ``smallcnn-batchnorm`` (the same network with batch norm, as the ResNets have).
+            ``smallcnn-batchnorm`` (the same network with batch norm, as the ResNets have; as SALM's surrogate it
+            protected less against ResNet-18 than ``smallcnn`` on BreastMNIST, ``benchmarks/README.md``).
         in_channels: image channels (1 grey, 3 RGB).
         num_classes: number of classes.
         spatial_size: input side; <= 64 selects the small-image stem for ResNets.
