@@ -371,8 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--exploiter",
         default=None,
         help="resnet18, resnet50, vgg11, densenet121 | unet, unet-batchnorm, attentionunet, basicunetplusplus, "
-        "swinunetr "
-        "(default: the recipe's)",
+        "swinunetr (default: the recipe's)",
     )
     evaluate.add_argument(
         "--epochs", type=int, default=None, help="override the recipe's epochs (default: the recipe's)"
