@@ -186,7 +186,6 @@ class UMedProtector(Protector):
         fixed_bound: bool = False,
         reset_every: int = 0,
         clean_negatives: float = 0.0,
-        polarity: str = "both",
         progress: bool = True,
         seed: int = 0,
         device: str | torch.device = "auto",
@@ -207,8 +206,6 @@ class UMedProtector(Protector):
             raise MedueError(f"clean_negatives must be >= 0, got {clean_negatives}")
         if alternation not in ("epoch", "batch"):
             raise MedueError(f"alternation must be 'epoch' or 'batch', got {alternation!r}")
-        if polarity not in ("both", "darken", "brighten"):
-            raise MedueError(f"polarity must be 'both', 'darken' or 'brighten', got {polarity!r}")
         if output not in ("tanh", "linear"):
             raise MedueError(f"output must be 'tanh' or 'linear', got {output!r}")
         if contour_only and texture_only:
@@ -232,7 +229,6 @@ class UMedProtector(Protector):
         self.fixed_bound = bool(fixed_bound)
         self.reset_every = int(reset_every)
         self.clean_negatives = float(clean_negatives)
-        self.polarity = polarity
         self.progress = bool(progress)
         self.in_channels = 0
         self.current_epoch = 0
@@ -264,7 +260,6 @@ class UMedProtector(Protector):
             "fixed_bound": self.fixed_bound,
             "reset_every": self.reset_every,
             "clean_negatives": self.clean_negatives,
-            "polarity": self.polarity,
             "seed": self.seed,
         }
 
@@ -378,35 +373,18 @@ class UMedProtector(Protector):
         """
         band, _, bound = regions if regions is not None else self.regions(images, labels)
         zeros = torch.zeros_like(images)
+        smooth = self.output == "tanh"
         if self.texture_only:
             delta_c = zeros
         else:
-            delta_c = self._bounded(self._raw(self.contour_net, images), self.eps * band)
+            raw_c = self._raw(self.contour_net, images)
+            delta_c = self.eps * torch.tanh(raw_c) * band if smooth else (raw_c * band).clamp(-self.eps, self.eps)
         if self.contour_only:
             delta_t = zeros
         else:
-            delta_t = self._bounded(self._raw(self.texture_net, images), bound)
+            raw_t = self._raw(self.texture_net, images)
+            delta_t = bound * torch.tanh(raw_t) if smooth else torch.maximum(torch.minimum(raw_t, bound), -bound)
         return delta_c, delta_t
-
-    def _bounded(self, raw: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
-        """Map a generator's raw output into ``[-bound, bound]``, or into its one-signed half (``polarity``).
-
-        Args:
-            raw: the generator's output, ``(B, C, H, W)``.
-            bound: the per-pixel bound, ``(B, 1, H, W)`` (zero outside the region the perturbation may touch).
-
-        Returns:
-            ``bound * tanh(raw)`` (``output="tanh"``; ``bound * (tanh(raw) + 1) / 2`` with its sign for a
-            one-signed polarity) or ``raw`` clipped to the bound (``output="linear"``, raw in image units).
-        """
-        if self.output == "tanh":
-            if self.polarity == "both":
-                return bound * torch.tanh(raw)
-            sign = -1.0 if self.polarity == "darken" else 1.0
-            return sign * bound * (torch.tanh(raw) + 1.0) / 2.0
-        low = torch.zeros_like(bound) if self.polarity == "brighten" else -bound
-        high = torch.zeros_like(bound) if self.polarity == "darken" else bound
-        return torch.maximum(torch.minimum(raw, high), low)
 
     # ------------------------------------------------------------------ training
     def prepare(self, first_batch: dict, num_classes: int = 2, num_samples: int = 0) -> None:
