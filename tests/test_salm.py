@@ -19,6 +19,7 @@ from medue_monai.protectors import (
     project_l0,
     topk_position_mask,
 )
+from medue_monai.protectors.augment import TRANSFORM_NAMES, parse_transform_names, sample_transform
 from medue_monai.utils import MedueError
 
 SPEC = "synthetic:num_train=24,num_val=4,num_test=8,size=16,seed=3"
@@ -247,6 +248,8 @@ def test_reset_every_reinitializes_the_surrogate_without_touching_the_global_rng
         ({"l0_projection": "sometimes"}, "l0_projection"),
         ({"anneal_fraction": 0}, "anneal_fraction"),
         ({"reset_every": -1}, "reset_every"),
+        ({"transforms": "flip,rotate"}, "unknown rotate"),
+        ({"transforms": " , "}, "at least one"),
     ],
 )
 def test_bad_options_raise(options, message):
@@ -420,3 +423,38 @@ def test_small_surrogates_differ_only_in_their_normalization(name: str, norm_typ
     assert SALMProtector(surrogate=name, device="cpu").lr == 0.01
     with pytest.raises(MedueError, match="unknown network"):
         resolve_classifier("smallcnn-groupnorm", "cpu")
+
+
+def test_crop_flip_transform_moves_every_sample_on_its_own_and_passes_gradients():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.zeros(16, 1, 16, 16)
+    images[:, :, 6:10, 5:9] = torch.rand(16, 1, 4, 4)  # content 5 px from every border: no crop cuts it
+    images = images.requires_grad_(True)
+    moved = sample_transform(images, generator, parse_transform_names("crop-flip"))
+    assert moved.shape == images.shape
+    assert torch.allclose(moved.sum(dim=(1, 2, 3)), images.sum(dim=(1, 2, 3))), "a shift by <= 4 px keeps the content"
+    places = {tuple(torch.nonzero(m[0] > 0).min(dim=0).values.tolist()) for m in moved.detach()}
+    assert len(places) > 4, "each sample takes its own crop"
+    moved.sum().backward()
+    assert torch.all(images.grad[:, :, 6:10, 5:9] == 1), "every content pixel reaches the output once"
+    assert set(images.grad.unique().tolist()) <= {0.0, 1.0}, "border pixels a crop cuts off get no gradient"
+
+
+def test_salm_draws_only_the_transforms_it_is_given(monkeypatch):
+    from medue_monai.protectors import salm as salm_module
+
+    drawn = []
+
+    def recording(x, generator, names):
+        drawn.append(names)
+        return x
+
+    monkeypatch.setattr(salm_module, "sample_transform", recording)
+    source = load_classification_spec(SPEC)
+    protector = SALMProtector(
+        eps=EPS, k=10, epochs=1, num_transforms=2, transforms="crop-flip,blur", device="cpu", progress=False
+    )
+    protector.fit(_loader(source), source.num_classes, 24)
+    assert drawn and set(drawn) == {("crop-flip", "blur")}
+    assert protector.config()["transforms"] == "crop-flip,blur"
+    assert SALMProtector(device="cpu").config()["transforms"] == ",".join(TRANSFORM_NAMES)

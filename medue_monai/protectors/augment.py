@@ -5,9 +5,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TRANSFORM_NAMES", "sample_transform"]
+from ..evaluation.hardening import random_crop_flip
+from ..utils import MedueError
 
+__all__ = ["AVAILABLE_TRANSFORMS", "TRANSFORM_NAMES", "parse_transform_names", "sample_transform"]
+
+# the default draw of SALM's J transforms
 TRANSFORM_NAMES = ("identity", "flip", "crop", "blur", "lowpass")
+# every transform that can be drawn; ``crop-flip`` is the exploiter-side standard augmentation
+AVAILABLE_TRANSFORMS = (*TRANSFORM_NAMES, "crop-flip")
 
 
 def _flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -37,7 +43,40 @@ def _lowpass(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-_TRANSFORMS = {"identity": lambda x, g: x, "flip": _flip, "crop": _crop, "blur": _blur, "lowpass": _lowpass}
+def _crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    # per sample: random crop after 4-pixel zero padding, then a random left-right flip (the counter-measure's own code)
+    return random_crop_flip(x, generator=generator)[0]
+
+
+_TRANSFORMS = {
+    "identity": lambda x, g: x,
+    "flip": _flip,
+    "crop": _crop,
+    "blur": _blur,
+    "lowpass": _lowpass,
+    "crop-flip": _crop_flip,
+}
+
+
+def parse_transform_names(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Transform names from a comma-separated string or a sequence, checked against :data:`AVAILABLE_TRANSFORMS`.
+
+    Args:
+        value: e.g. ``"crop-flip"``, ``"identity,flip,crop,blur,lowpass"`` or ``("blur", "crop-flip")``.
+
+    Returns:
+        The names as a tuple, in the given order.
+
+    Raises:
+        MedueError: when no name is given or a name is unknown.
+    """
+    names = tuple(name.strip() for name in (value.split(",") if isinstance(value, str) else value) if name.strip())
+    if not names:
+        raise MedueError(f"transforms: give at least one of {', '.join(AVAILABLE_TRANSFORMS)}")
+    unknown = [name for name in names if name not in _TRANSFORMS]
+    if unknown:
+        raise MedueError(f"transforms: unknown {', '.join(unknown)} (choose from {', '.join(AVAILABLE_TRANSFORMS)})")
+    return names
 
 
 def sample_transform(x: torch.Tensor, generator: torch.Generator, names: tuple[str, ...] = TRANSFORM_NAMES):

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..nets import get_classifier, resolve_classifier
 from ..utils import MedueError
-from .augment import sample_transform
+from .augment import TRANSFORM_NAMES, parse_transform_names, sample_transform
 from .base import Protector, register_protector, surrogate_reset_seed
 from .budget import block_average, project_l0, project_linf, tile_side, topk_position_mask
 
@@ -82,6 +82,11 @@ class SALMProtector(Protector):
         num_transforms: J, transforms sampled per gradient (1 = none). On BreastMNIST (CPU, seed 0) J = 4 kept
             the protection through a 3x3 median filter and JPEG 30 that erase it at J = 1, but not through a
             random crop + flip, and protected no better undefended (3 seeds; ``benchmarks/README.md``).
+        transforms: the transforms J draws from, uniformly, one per gradient for the whole batch: comma-separated
+            names out of ``identity``, ``flip``, ``crop`` (one shift of up to 2 pixels), ``blur`` (3x3 Gaussian),
+            ``lowpass`` (2x average-pool and back) and ``crop-flip`` (per sample: random crop after 4-pixel zero
+            padding plus a random flip, the exploiter-side standard augmentation). Default: the first five
+            (ours). Used only when ``num_transforms > 1``.
         stop_error: stop once the surrogate's error on the perturbed training set is below this
             (EM's rule); ``None`` runs all epochs.
         schedule: ``"minibatch"`` (SALM's Algorithm 1) or ``"em"`` (EM's: ``em_model_steps`` SGD
@@ -168,6 +173,7 @@ class SALMProtector(Protector):
         noise_steps: int = 2,
         step_size: float = 2 / 255,
         num_transforms: int = 1,
+        transforms: str | tuple[str, ...] = ",".join(TRANSFORM_NAMES),
         stop_error: float | None = None,
         schedule: str = "minibatch",
         lr: float | None = None,
@@ -221,6 +227,7 @@ class SALMProtector(Protector):
         self.noise_steps = int(noise_steps)
         self.step_size = float(step_size)
         self.num_transforms = int(num_transforms)
+        self.transforms = parse_transform_names(transforms)
         self.stop_error = stop_error
         self.schedule = schedule
         self.lr = float(SURROGATE_LR.get(self.surrogate_name.lower(), DEFAULT_LR) if lr is None else lr)
@@ -259,6 +266,7 @@ class SALMProtector(Protector):
             "noise_steps": self.noise_steps,
             "step_size": self.step_size,
             "num_transforms": self.num_transforms,
+            "transforms": ",".join(self.transforms),
             "stop_error": self.stop_error,
             "schedule": self.schedule,
             "lr": self.lr,
@@ -326,7 +334,7 @@ class SALMProtector(Protector):
         for _ in range(self.num_transforms):
             inputs = (images + delta).clamp(0.0, 1.0)
             if self.num_transforms > 1:
-                inputs = sample_transform(inputs, self.generator)
+                inputs = sample_transform(inputs, self.generator, self.transforms)
             loss = F.cross_entropy(self.surrogate(inputs), labels)
             total += torch.autograd.grad(loss, delta)[0]
         return total / self.num_transforms
@@ -405,7 +413,7 @@ class SALMProtector(Protector):
             images = images[self._permutation(len(images))]
         inputs = (images + self.delta[self._keys(labels, indices)]).clamp(0.0, 1.0)
         if self.num_transforms > 1:
-            inputs = sample_transform(inputs, self.generator)
+            inputs = sample_transform(inputs, self.generator, self.transforms)
         logits = self.surrogate(inputs)
         loss = F.cross_entropy(logits, labels)
         if not torch.isfinite(loss):
