@@ -86,7 +86,9 @@ class SALMProtector(Protector):
             names out of ``identity``, ``flip``, ``crop`` (one shift of up to 2 pixels), ``blur`` (3x3 Gaussian),
             ``lowpass`` (2x average-pool and back) and ``crop-flip`` (per sample: random crop after 4-pixel zero
             padding plus a random flip, the exploiter-side standard augmentation). Default: the first five
-            (ours). Used only when ``num_transforms > 1``.
+            (ours). Used only when ``num_transforms > 1``. On BreastMNIST (CPU, seed 0) ``num_transforms=4,
+            transforms="crop-flip"`` did not survive an exploiter trained with crop + flip (80.13 % against 81.41 %
+            clean-trained) and lost the undefended protection (80.77 % against 56.41 % for the defaults).
         stop_error: stop once the surrogate's error on the perturbed training set is below this
             (EM's rule); ``None`` runs all epochs.
         schedule: ``"minibatch"`` (SALM's Algorithm 1) or ``"em"`` (EM's: ``em_model_steps`` SGD
