@@ -12,8 +12,6 @@ __all__ = ["AVAILABLE_TRANSFORMS", "TRANSFORM_NAMES", "parse_transform_names", "
 
 # the default draw of SALM's J transforms
 TRANSFORM_NAMES = ("identity", "flip", "crop", "blur", "lowpass")
-# every transform that can be drawn; ``crop-flip`` is the exploiter-side standard augmentation
-AVAILABLE_TRANSFORMS = (*TRANSFORM_NAMES, "crop-flip")
 
 
 def _flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -56,6 +54,8 @@ _TRANSFORMS = {
     "lowpass": _lowpass,
     "crop-flip": _crop_flip,
 }
+# every transform that can be drawn; ``crop-flip`` is the exploiter-side standard augmentation
+AVAILABLE_TRANSFORMS = tuple(_TRANSFORMS)
 
 
 def parse_transform_names(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -73,7 +73,7 @@ def parse_transform_names(value: str | tuple[str, ...] | list[str]) -> tuple[str
     names = tuple(name.strip() for name in (value.split(",") if isinstance(value, str) else value) if name.strip())
     if not names:
         raise MedueError(f"transforms: give at least one of {', '.join(AVAILABLE_TRANSFORMS)}")
-    unknown = [name for name in names if name not in _TRANSFORMS]
+    unknown = [name for name in names if name not in AVAILABLE_TRANSFORMS]
     if unknown:
         raise MedueError(f"transforms: unknown {', '.join(unknown)} (choose from {', '.join(AVAILABLE_TRANSFORMS)})")
     return names
