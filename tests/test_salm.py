@@ -250,6 +250,8 @@ def test_reset_every_reinitializes_the_surrogate_without_touching_the_global_rng
         ({"reset_every": -1}, "reset_every"),
         ({"transforms": "flip,rotate"}, "unknown rotate"),
         ({"transforms": " , "}, "at least one"),
+        ({"optimizer": "rmsprop"}, "optimizer must"),
+        ({"surrogates": 0}, "surrogates must"),
     ],
 )
 def test_bad_options_raise(options, message):
@@ -458,3 +460,62 @@ def test_salm_draws_only_the_transforms_it_is_given(monkeypatch):
     assert drawn and set(drawn) == {("crop-flip", "blur")}
     assert protector.config()["transforms"] == "crop-flip,blur"
     assert SALMProtector(device="cpu").config()["transforms"] == ",".join(TRANSFORM_NAMES)
+
+
+def test_ensemble_members_train_as_if_alone_and_the_noise_sees_their_mean_loss():
+    from medue_monai.nets import ClassifierEnsemble
+
+    source = load_classification_spec(SPEC)
+    batch = next(iter(_loader(source)))
+    images, labels, indices = batch["image"].as_tensor().float(), batch["label"].reshape(-1).long(), batch["index"]
+    protector = SALMProtector(epochs=1, surrogates=3, device="cpu", progress=False, seed=0)
+    protector.prepare(batch, source.num_classes, 24)
+    ensemble = protector.surrogate
+    assert isinstance(ensemble, ClassifierEnsemble) and len(ensemble.members) == 3
+    first = [next(member.parameters()) for member in ensemble.members]
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[1], first[2]), "each member has its own init"
+    protector.delta[indices] = EPS * torch.sign(torch.randn_like(images))
+    inputs = (images + protector.delta[indices]).clamp(0, 1)
+
+    # each member's gradient after one model step is the one it would get trained alone (scaled by 1/3)
+    start = [{k: v.clone() for k, v in member.state_dict().items()} for member in ensemble.members]
+    alone = []
+    for state in start:
+        single = get_classifier("smallcnn", 1, source.num_classes, 16)
+        single.load_state_dict(state)
+        single.train()
+        torch.nn.functional.cross_entropy(single(inputs), labels).backward()
+        alone.append([p.grad.clone() for p in single.parameters()])
+    protector.model_step(images, labels, indices)
+    for member, grads in zip(ensemble.members, alone, strict=True):
+        for parameter, grad in zip(member.parameters(), grads, strict=True):
+            assert torch.allclose(parameter.grad * 3, grad, atol=1e-6)
+
+    # the noise gradient is that of the mean of the members' cross-entropies
+    protector.surrogate.eval()
+    delta = protector.delta[indices].clone().requires_grad_(True)
+    losses = [torch.nn.functional.cross_entropy(m((images + delta).clamp(0, 1)), labels) for m in ensemble.members]
+    expected = torch.autograd.grad(torch.stack(losses).mean(), delta)[0]
+    assert torch.allclose(protector._delta_gradient(images, protector.delta[indices], labels), expected, atol=1e-7)
+
+
+def test_ensemble_and_adam_surrogates_fit_within_budget_and_round_trip(tmp_path):
+    source = load_classification_spec(SPEC)
+    protector = SALMProtector(epochs=2, surrogates=2, optimizer="adam", device="cpu", progress=False, seed=0)
+    protector.fit(_loader(source), source.num_classes, 24)
+    assert isinstance(protector.optimizer, torch.optim.Adam)
+    assert protector.config()["lr"] == 1e-3 and protector.config()["optimizer"] == "adam"
+    assert protector.config()["surrogates"] == 2
+    delta = protector.delta
+    assert float(delta.abs().max()) <= EPS + 1e-7
+    nonzero = (delta.abs().sum(1) > 0).flatten(1).sum(1)
+    assert int(nonzero.max()) <= positions_to_keep(16 * 16, 10)
+    path = tmp_path / "ensemble.pt"
+    protector.save(path)
+    loaded = load_protector(path, device="cpu")
+    assert loaded.config() == protector.config()
+    images = torch.stack([source.dataset("test")[i]["image"].as_tensor() for i in range(4)]).float()
+    labels = torch.tensor([int(source.dataset("test")[i]["label"]) for i in range(4)])
+    assert torch.equal(loaded.perturb(images, labels), protector.perturb(images, labels))
+    assert SALMProtector(device="cpu").config()["surrogates"] == 1
+    assert SALMProtector(device="cpu").config()["optimizer"] == "sgd"
