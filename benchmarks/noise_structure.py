@@ -3,8 +3,11 @@
 Compares the training split of a protected npz (what ``medue protect`` wrote) with the clean npz and
 prints, per class and overall: the share of changed positions, the share of positive changes, the
 mean L2 norm of ``delta`` in [0, 1] units, and the mean cosine similarity of the per-image deltas
-within each class and between classes (1 = every image of a class carries the same pattern). The
-numbers behind the "what limits SALM" notes in ``benchmarks/README.md``::
+within each class and between classes (1 = every image of a class carries the same pattern). With
+``--block N`` it also reports, per class and per aligned ``N x N`` tile, the share of images whose noise
+touches the tile and, among those, the share that give it the class's majority sign (the sign of the tile's
+summed change): shares near 100 % mean the per-image noise has become one sign code per class at fixed
+places. The numbers behind the "what limits SALM" notes in ``benchmarks/README.md``::
 
     python benchmarks/noise_structure.py --clean ../shared/data/medmnist/breastmnist.npz \\
         --protected /tmp/bench/salm_cpu_check_k100/breastmnist_salm_seed0/breastmnist.npz
@@ -65,16 +68,67 @@ def noise_structure(clean: np.ndarray, protected: np.ndarray, labels: np.ndarray
     }
 
 
+def tile_layout(clean: np.ndarray, protected: np.ndarray, labels: np.ndarray, block: int) -> dict:
+    """Per class and per aligned ``block x block`` tile: how many images change it, and with which sign.
+
+    Args:
+        clean: clean training images, uint8 ``(N, H, W[, C])``.
+        protected: protected training images, same shape.
+        labels: ``(N,)`` class indices.
+        block: tile side in pixels, >= 1 (tiles cut by the right or bottom border are left out).
+
+    Returns:
+        ``{"block": block, "per_class": {class: {"used_share": rows x cols, "majority_sign": rows x cols of
+        +1 / -1 / 0, "majority_sign_share": rows x cols (None where no image changes the tile)}}}``.
+
+    Raises:
+        ValueError: when the shapes differ or ``block`` is not in [1, min(H, W)].
+    """
+    if clean.shape != protected.shape or len(labels) != len(clean):
+        raise ValueError(f"shapes differ: clean {clean.shape}, protected {protected.shape}, labels {labels.shape}")
+    height, width = clean.shape[1:3]
+    if not 1 <= block <= min(height, width):
+        raise ValueError(f"block must be in [1, {min(height, width)}], got {block}")
+    delta = protected.astype(np.int64) - clean.astype(np.int64)
+    delta = delta.reshape(len(delta), height, width, -1).sum(-1)
+    rows, cols = height // block, width // block
+    tiles = delta[:, : rows * block, : cols * block].reshape(len(delta), rows, block, cols, block)
+    touched = (tiles != 0).any(axis=(2, 4))
+    sign = np.sign(tiles.sum(axis=(2, 4)))
+    per_class = {}
+    for c in sorted(int(c) for c in np.unique(labels)):
+        used, signs = touched[labels == c], sign[labels == c]
+        positive = ((signs > 0) & used).sum(0)
+        negative = ((signs < 0) & used).sum(0)
+        count = used.sum(0)
+        share = np.where(count > 0, np.maximum(positive, negative) / np.maximum(count, 1), np.nan)
+        per_class[str(c)] = {
+            "used_share": used.mean(0).round(4).tolist(),
+            "majority_sign": np.sign(positive - negative).astype(int).tolist(),
+            "majority_sign_share": [[None if np.isnan(v) else round(float(v), 4) for v in row] for row in share],
+        }
+    return {"block": block, "per_class": per_class}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clean", required=True, help="clean MedMNIST .npz (required)")
     parser.add_argument("--protected", required=True, help="protected .npz written by medue protect (required)")
+    parser.add_argument(
+        "--block",
+        type=int,
+        default=0,
+        help="also report per-class use and sign of every aligned BLOCK x BLOCK tile (default 0: no tile report)",
+    )
     args = parser.parse_args(argv)
     for path in (args.clean, args.protected):
         if not Path(path).is_file():
             raise SystemExit(f"error: {path}: no such file")
     clean, protected = np.load(args.clean), np.load(args.protected)
-    stats = noise_structure(clean["train_images"], protected["train_images"], clean["train_labels"].reshape(-1))
+    labels = clean["train_labels"].reshape(-1)
+    stats = noise_structure(clean["train_images"], protected["train_images"], labels)
+    if args.block:
+        stats["tiles"] = tile_layout(clean["train_images"], protected["train_images"], labels, args.block)
     print(json.dumps(stats, indent=2))
     return stats
 

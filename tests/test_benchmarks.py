@@ -148,6 +148,28 @@ def test_noise_structure_measures_class_consistency_and_sparsity():
         module.noise_structure(clean, protected[:3], labels)
 
 
+def test_noise_structure_tile_layout_finds_a_sign_code_per_class():
+    spec = importlib.util.spec_from_file_location("noise_structure", SCRIPT.parent / "noise_structure.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rng = np.random.default_rng(0)
+    clean = rng.integers(20, 200, size=(4, 8, 8), dtype=np.uint8)
+    labels = np.array([0, 0, 1, 1])
+    offsets = np.zeros((4, 8, 8), dtype=np.int16)
+    offsets[:2, :4, :4] = 8  # class 0: +8 on the top-left 4x4 tile
+    offsets[2:, :4, :4] = -8  # class 1: -8 there
+    offsets[1, 4:, 4:] = 8  # one class-0 image also on the bottom-right tile, with a sign the other lacks
+    offsets[0, 4:, 4:] = -8
+    protected = (clean + offsets).astype(np.uint8)
+    layout = module.tile_layout(clean, protected, labels, 4)
+    zero, one = layout["per_class"]["0"], layout["per_class"]["1"]
+    assert zero["used_share"] == [[1.0, 0.0], [0.0, 1.0]] and one["used_share"] == [[1.0, 0.0], [0.0, 0.0]]
+    assert zero["majority_sign"][0][0] == 1 and one["majority_sign"][0][0] == -1
+    assert zero["majority_sign_share"] == [[1.0, None], [None, 0.5]]
+    with pytest.raises(ValueError, match="block must be"):
+        module.tile_layout(clean, protected, labels, 9)
+
+
 def test_resume_continues_an_interrupted_fit_only_for_resumable_methods(seg_run, monkeypatch):
     baselines, root, common, _ = seg_run
     seen = {}
