@@ -128,10 +128,15 @@ def test_clean_from_takes_only_the_clean_run(seg_run):
         baselines.run(baselines_args(baselines, [*common, "--name", "z", "--clean-from", str(report_file)]))
 
 
-def test_noise_structure_measures_class_consistency_and_sparsity():
+def _noise_structure_module():
     spec = importlib.util.spec_from_file_location("noise_structure", SCRIPT.parent / "noise_structure.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_noise_structure_measures_class_consistency_and_sparsity():
+    module = _noise_structure_module()
     rng = np.random.default_rng(0)
     clean = rng.integers(20, 200, size=(6, 8, 8), dtype=np.uint8)
     labels = np.array([0, 0, 0, 1, 1, 1])
@@ -149,9 +154,7 @@ def test_noise_structure_measures_class_consistency_and_sparsity():
 
 
 def test_noise_structure_tile_layout_finds_a_sign_code_per_class():
-    spec = importlib.util.spec_from_file_location("noise_structure", SCRIPT.parent / "noise_structure.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _noise_structure_module()
     rng = np.random.default_rng(0)
     clean = rng.integers(20, 200, size=(4, 8, 8), dtype=np.uint8)
     labels = np.array([0, 0, 1, 1])
