@@ -96,10 +96,10 @@ class SALMProtector(Protector):
             (EM's rule); ``None`` runs all epochs.
         schedule: ``"minibatch"`` (SALM's Algorithm 1) or ``"em"`` (EM's: ``em_model_steps`` SGD
             steps, then a full pass of ``em_noise_steps`` PGD steps per batch, per round).
-        lr: surrogate SGD learning rate; ``None``: 0.1 (the paper's) for the ResNets, VGG and DenseNet,
-            0.01 for ``smallcnn``.
-        momentum: surrogate SGD momentum.
-        weight_decay: surrogate SGD weight decay.
+        lr: surrogate learning rate; ``None``: with SGD 0.1 (the paper's) for the ResNets, VGG and DenseNet and
+            0.01 for ``smallcnn``; with ``optimizer="adam"`` 1e-3.
+        momentum: surrogate SGD momentum (unused with ``optimizer="adam"``).
+        weight_decay: surrogate weight decay (SGD or Adam).
         em_model_steps: SGD steps per round for ``schedule="em"``.
         em_noise_steps: PGD steps per batch per round for ``schedule="em"``.
         classwise: one delta per class (the mean of its samples' gradients) instead of per sample.
