@@ -22,6 +22,11 @@ from pathlib import Path
 import numpy as np
 
 
+def _check_shapes(clean: np.ndarray, protected: np.ndarray, labels: np.ndarray) -> None:
+    if clean.shape != protected.shape or len(labels) != len(clean):
+        raise ValueError(f"shapes differ: clean {clean.shape}, protected {protected.shape}, labels {labels.shape}")
+
+
 def noise_structure(clean: np.ndarray, protected: np.ndarray, labels: np.ndarray) -> dict:
     """Statistics of ``delta = protected - clean`` (uint8 images, ``(N, H, W[, C])``).
 
@@ -36,8 +41,7 @@ def noise_structure(clean: np.ndarray, protected: np.ndarray, labels: np.ndarray
     Raises:
         ValueError: when the shapes differ.
     """
-    if clean.shape != protected.shape or len(labels) != len(clean):
-        raise ValueError(f"shapes differ: clean {clean.shape}, protected {protected.shape}, labels {labels.shape}")
+    _check_shapes(clean, protected, labels)
     delta = (protected.astype(np.float64) - clean.astype(np.float64)) / 255.0
     flat = delta.reshape(len(delta), -1)
     positions = np.abs(delta).reshape(len(delta), clean.shape[1] * clean.shape[2], -1).sum(-1) > 0
@@ -84,8 +88,7 @@ def tile_layout(clean: np.ndarray, protected: np.ndarray, labels: np.ndarray, bl
     Raises:
         ValueError: when the shapes differ or ``block`` is not in [1, min(H, W)].
     """
-    if clean.shape != protected.shape or len(labels) != len(clean):
-        raise ValueError(f"shapes differ: clean {clean.shape}, protected {protected.shape}, labels {labels.shape}")
+    _check_shapes(clean, protected, labels)
     height, width = clean.shape[1:3]
     if not 1 <= block <= min(height, width):
         raise ValueError(f"block must be in [1, {min(height, width)}], got {block}")
@@ -124,11 +127,13 @@ def main(argv: list[str] | None = None) -> dict:
     for path in (args.clean, args.protected):
         if not Path(path).is_file():
             raise SystemExit(f"error: {path}: no such file")
-    clean, protected = np.load(args.clean), np.load(args.protected)
-    labels = clean["train_labels"].reshape(-1)
-    stats = noise_structure(clean["train_images"], protected["train_images"], labels)
+    clean_npz, protected_npz = np.load(args.clean), np.load(args.protected)
+    # an NpzFile reads its member from disk on every access: read each once
+    clean, protected = clean_npz["train_images"], protected_npz["train_images"]
+    labels = clean_npz["train_labels"].reshape(-1)
+    stats = noise_structure(clean, protected, labels)
     if args.block:
-        stats["tiles"] = tile_layout(clean["train_images"], protected["train_images"], labels, args.block)
+        stats["tiles"] = tile_layout(clean, protected, labels, args.block)
     print(json.dumps(stats, indent=2))
     return stats
 
