@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medue_monai.protectors import TILE_PATTERNS, tile_pattern_field
+
 
 def _check_shapes(clean: np.ndarray, protected: np.ndarray, labels: np.ndarray) -> None:
     if clean.shape != protected.shape or len(labels) != len(clean):
@@ -72,18 +74,25 @@ def noise_structure(clean: np.ndarray, protected: np.ndarray, labels: np.ndarray
     }
 
 
-def tile_layout(clean: np.ndarray, protected: np.ndarray, labels: np.ndarray, block: int) -> dict:
+def tile_layout(
+    clean: np.ndarray, protected: np.ndarray, labels: np.ndarray, block: int, pattern: str = "flat"
+) -> dict:
     """Per class and per aligned ``block x block`` tile: how many images change it, and with which sign.
+
+    The sign of a tile is that of its summed change times the tile pattern SALM used (``pattern``, see
+    :func:`medue_monai.protectors.tile_pattern_field`): for ``"checker"`` tiles, the checkerboard's phase.
 
     Args:
         clean: clean training images, uint8 ``(N, H, W[, C])``.
         protected: protected training images, same shape.
         labels: ``(N,)`` class indices.
         block: tile side in pixels, >= 1 (tiles cut by the right or bottom border are left out).
+        pattern: ``"flat"`` or ``"checker"``.
 
     Returns:
-        ``{"block": block, "per_class": {class: {"used_share": rows x cols, "majority_sign": rows x cols of
-        +1 / -1 / 0, "majority_sign_share": rows x cols (None where no image changes the tile)}}}``.
+        ``{"block": block, "pattern": pattern, "per_class": {class: {"used_share": rows x cols,
+        "majority_sign": rows x cols of +1 / -1 / 0, "majority_sign_share": rows x cols (None where no image
+        changes the tile)}}}``.
 
     Raises:
         ValueError: when the shapes differ or ``block`` is not in [1, min(H, W)].
@@ -93,7 +102,9 @@ def tile_layout(clean: np.ndarray, protected: np.ndarray, labels: np.ndarray, bl
     if not 1 <= block <= min(height, width):
         raise ValueError(f"block must be in [1, {min(height, width)}], got {block}")
     delta = protected.astype(np.int64) - clean.astype(np.int64)
-    delta = delta.reshape(len(delta), height, width, -1).sum(-1)
+    delta = (
+        delta.reshape(len(delta), height, width, -1).sum(-1) * tile_pattern_field(height, width, pattern)[0, 0].numpy()
+    )
     rows, cols = height // block, width // block
     tiles = delta[:, : rows * block, : cols * block].reshape(len(delta), rows, block, cols, block)
     touched = (tiles != 0).any(axis=(2, 4))
@@ -110,7 +121,7 @@ def tile_layout(clean: np.ndarray, protected: np.ndarray, labels: np.ndarray, bl
             "majority_sign": np.sign(positive - negative).astype(int).tolist(),
             "majority_sign_share": [[None if np.isnan(v) else round(float(v), 4) for v in row] for row in share],
         }
-    return {"block": block, "per_class": per_class}
+    return {"block": block, "pattern": pattern, "per_class": per_class}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -123,6 +134,13 @@ def main(argv: list[str] | None = None) -> dict:
         default=0,
         help="also report per-class use and sign of every aligned BLOCK x BLOCK tile (default 0: no tile report)",
     )
+    parser.add_argument(
+        "--pattern",
+        choices=TILE_PATTERNS,
+        default="flat",
+        help="with --block: the tile pattern SALM used (its `pattern` option); a tile's sign is that of its summed "
+        "change times the pattern (default: flat)",
+    )
     args = parser.parse_args(argv)
     for path in (args.clean, args.protected):
         if not Path(path).is_file():
@@ -133,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     labels = clean_npz["train_labels"].reshape(-1)
     stats = noise_structure(clean, protected, labels)
     if args.block:
-        stats["tiles"] = tile_layout(clean, protected, labels, args.block)
+        stats["tiles"] = tile_layout(clean, protected, labels, args.block, args.pattern)
     print(json.dumps(stats, indent=2))
     return stats
 

@@ -16,11 +16,16 @@ from medue_monai.utils import MedueError
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "baselines.py"
 
 
-def _baselines_module():
-    spec = importlib.util.spec_from_file_location("baselines_benchmark", SCRIPT)
+def _benchmark_module(name: str):
+    """Import ``benchmarks/<name>.py`` (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", SCRIPT.parent / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _baselines_module():
+    return _benchmark_module("baselines")
 
 
 @pytest.fixture(scope="module")
@@ -128,15 +133,8 @@ def test_clean_from_takes_only_the_clean_run(seg_run):
         baselines.run(baselines_args(baselines, [*common, "--name", "z", "--clean-from", str(report_file)]))
 
 
-def _noise_structure_module():
-    spec = importlib.util.spec_from_file_location("noise_structure", SCRIPT.parent / "noise_structure.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_noise_structure_measures_class_consistency_and_sparsity():
-    module = _noise_structure_module()
+    module = _benchmark_module("noise_structure")
     rng = np.random.default_rng(0)
     clean = rng.integers(20, 200, size=(6, 8, 8), dtype=np.uint8)
     labels = np.array([0, 0, 0, 1, 1, 1])
@@ -154,7 +152,7 @@ def test_noise_structure_measures_class_consistency_and_sparsity():
 
 
 def test_noise_structure_tile_layout_finds_a_sign_code_per_class():
-    module = _noise_structure_module()
+    module = _benchmark_module("noise_structure")
     rng = np.random.default_rng(0)
     clean = rng.integers(20, 200, size=(4, 8, 8), dtype=np.uint8)
     labels = np.array([0, 0, 1, 1])
@@ -171,6 +169,36 @@ def test_noise_structure_tile_layout_finds_a_sign_code_per_class():
     assert zero["majority_sign_share"] == [[1.0, None], [None, 0.5]]
     with pytest.raises(ValueError, match="block must be"):
         module.tile_layout(clean, protected, labels, 9)
+    # checkerboard tiles: summed, their changes cancel; read with the pattern, the phase is the sign
+    checker = np.where(np.indices((8, 8)).sum(0) % 2 == 0, 1, -1).astype(np.int16)
+    protected = (clean + offsets * checker).astype(np.uint8)
+    assert module.tile_layout(clean, protected, labels, 4)["per_class"]["0"]["majority_sign"][0][0] == 0
+    phases = module.tile_layout(clean, protected, labels, 4, "checker")
+    assert phases["pattern"] == "checker" and phases["per_class"] == layout["per_class"]
+
+
+def test_tile_contrast_separates_flat_offsets_from_checkerboards(tmp_path):
+    module = _benchmark_module("tile_contrast")
+    rng = np.random.default_rng(0)
+    # every 4x4 tile of every image gets its own flat grey level: loud for a flat offset, silent for a checker
+    levels = rng.integers(60, 190, size=(32, 4, 4))
+    images = np.repeat(np.repeat(levels, 4, axis=1), 4, axis=2).astype(np.uint8)
+    result = module.tile_contrast(images, 4, 8 / 255)
+    assert np.array(result["flat"]).shape == (2, 2), "inner tiles of a 4 x 4 grid"
+    assert result["flat_range"][0] > 1.0 and result["checker_range"] == [0.0, 0.0]
+    # a checkerboard of random per-image amplitude is what the checker column measures
+    checker = np.where(np.indices((16, 16)).sum(0) % 2 == 0, 1, -1)
+    amplitude = rng.integers(0, 16, size=(32, 1, 1))
+    result = module.tile_contrast((128 + amplitude * checker).astype(np.uint8), 4, 8 / 255)
+    assert result["flat_range"] == [0.0, 0.0]
+    assert result["checker_range"][0] == pytest.approx(float(amplitude.std(ddof=1)) / 8, rel=1e-3)
+    with pytest.raises(ValueError, match="fewer than 3 x 3"):
+        module.tile_contrast(images[:, :8, :8], 4, 8 / 255)
+    npz = tmp_path / "set.npz"
+    np.savez(npz, train_images=images)
+    assert module.main(["--npz", str(npz), "--output", str(tmp_path / "c.json")]) == 0
+    assert json.loads((tmp_path / "c.json").read_text())["images"] == 32
+    assert module.main(["--npz", str(tmp_path / "missing.npz")]) == 2
 
 
 def test_resume_continues_an_interrupted_fit_only_for_resumable_methods(seg_run, monkeypatch):
@@ -193,9 +221,7 @@ def test_resume_continues_an_interrupted_fit_only_for_resumable_methods(seg_run,
 def test_release_resample_measures_what_reaches_the_reader(tmp_path):
     from medue_monai.pipeline.segmentation import protect_segmentation
 
-    spec = importlib.util.spec_from_file_location("release_resample", SCRIPT.parent / "release_resample.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _benchmark_module("release_resample")
     source = make_synthetic_segmentation(tmp_path / "seg", num_items=6, size=64, seed=0)
     out = tmp_path / "release"
     protect_segmentation(str(source), str(out), "lsp-seg", {}, spatial_size=16, device="cpu", progress=False)

@@ -5,7 +5,16 @@ Importing this package registers every method (``PROTECTORS`` maps ``--method`` 
 
 from .ar import ARProtector, ARSegProtector
 from .base import PROTECTORS, Protector, get_protector_class, load_protector, register_protector
-from .budget import block_average, positions_to_keep, project_l0, project_linf, tile_side, topk_position_mask
+from .budget import (
+    TILE_PATTERNS,
+    block_average,
+    positions_to_keep,
+    project_l0,
+    project_linf,
+    tile_pattern_field,
+    tile_side,
+    topk_position_mask,
+)
 from .em_seg import EMSegContourProtector, EMSegProtector, EMSegROIProtector
 from .lsp import LSPProtector, LSPSegProtector
 from .masks import contour_band, contour_radius, dilate_mask, erode_mask, region_mask, roi_interior
@@ -17,6 +26,7 @@ from .umed import UMedPhaseHandler, UMedProtector
 
 __all__ = [
     "PROTECTORS",
+    "TILE_PATTERNS",
     "ARProtector",
     "ARSegProtector",
     "BilevelTrainer",
@@ -47,6 +57,7 @@ __all__ = [
     "region_mask",
     "register_protector",
     "roi_interior",
+    "tile_pattern_field",
     "tile_side",
     "topk_position_mask",
 ]

@@ -7,7 +7,16 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["positions_to_keep", "tile_side", "block_average", "topk_position_mask", "project_linf", "project_l0"]
+__all__ = [
+    "positions_to_keep",
+    "tile_side",
+    "block_average",
+    "TILE_PATTERNS",
+    "tile_pattern_field",
+    "topk_position_mask",
+    "project_linf",
+    "project_l0",
+]
 
 
 def positions_to_keep(num_positions: int, k_percent: float) -> int:
@@ -50,6 +59,37 @@ def block_average(tensor: torch.Tensor, block: int) -> torch.Tensor:
     pooled = F.avg_pool2d(tensor, block, stride=block, ceil_mode=True)
     tiled = pooled.repeat_interleave(block, dim=-2).repeat_interleave(block, dim=-1)
     return tiled[..., :height, :width]
+
+
+TILE_PATTERNS = ("flat", "checker")
+
+
+def tile_pattern_field(height: int, width: int, pattern: str, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The +-1 sign field a tile's single value is multiplied by, over a whole ``(1, 1, H, W)`` image.
+
+    ``"flat"``: all ones (a tile is one constant offset). ``"checker"``: ``(-1) ** (row + col)``, so every
+    aligned tile of even side holds a checkerboard (for any side, one fixed alternating pattern per tile):
+    the highest spatial frequency the pixel grid holds, where natural images carry the least energy.
+
+    Args:
+        height: image height.
+        width: image width.
+        pattern: one of :data:`TILE_PATTERNS`.
+        device: device of the returned field.
+
+    Returns:
+        ``(1, 1, H, W)`` float tensor of +-1.
+
+    Raises:
+        ValueError: for an unknown pattern.
+    """
+    if pattern not in TILE_PATTERNS:
+        raise ValueError(f"pattern must be one of {TILE_PATTERNS}, got {pattern!r}")
+    if pattern == "flat":
+        return torch.ones(1, 1, height, width, device=device)
+    rows = torch.arange(height, device=device).reshape(-1, 1)
+    cols = torch.arange(width, device=device).reshape(1, -1)
+    return (1.0 - 2.0 * ((rows + cols) % 2).float()).reshape(1, 1, height, width)
 
 
 def topk_position_mask(score: torch.Tensor, k_percent: float, block: int = 1) -> torch.Tensor:

@@ -23,7 +23,15 @@ from ..nets import ClassifierEnsemble, get_classifier, resolve_classifier
 from ..utils import MedueError
 from .augment import TRANSFORM_NAMES, parse_transform_names, sample_transform
 from .base import Protector, register_protector, surrogate_reset_seed
-from .budget import block_average, project_l0, project_linf, tile_side, topk_position_mask
+from .budget import (
+    TILE_PATTERNS,
+    block_average,
+    project_l0,
+    project_linf,
+    tile_pattern_field,
+    tile_side,
+    topk_position_mask,
+)
 
 __all__ = ["SALMProtector", "EMProtector"]
 
@@ -147,6 +155,16 @@ class SALMProtector(Protector):
             filter (seed 0) ``block=4`` 62.18 %, ``block=3`` 68.59 %, ``block=1`` 83.33 % (clean-trained
             83.97 %); ``block=2`` kept less through the Gaussian filter (78.21 %, seed 0). At 28x28 and K = 10 %
             ``block=4`` keeps 4 tiles (8.16 % of the positions). ``benchmarks/README.md`` has the runs.
+        pattern: what one tile's single value multiplies (ours; used with ``block > 1``): ``"flat"`` (the
+            tile is one constant offset) or ``"checker"`` (the tile is a +-eps checkerboard whose phase, the
+            sign, is what the noise chooses; :func:`~medue_monai.protectors.budget.tile_pattern_field`). The
+            gradient of such a tile is the tile's mean of the loss gradient times the pattern. A flat 4x4
+            offset of 8/255 is small next to the local contrast of the anatomy under it (on BreastMNIST's
+            training images the std of a 4x4 tile's mean minus its four neighbours' is 1.2-2.5 times the
+            offset), whereas a checkerboard sits at the spatial frequency where these images carry the least
+            energy (its amplitude is 5.6-11.6 times the std of the images' own checkerboard component), so a
+            network can read it on any image.
+            A 3x3 low-pass filter removes a checkerboard, where it keeps most of a flat tile.
         mix_images: decouple each delta from its own image (ours; off = the paper's objective): every
             surrogate step sees each sample's delta on another image of the minibatch (a random
             permutation) with the delta's label, and every noise step adds the gradient of the delta on that
@@ -177,7 +195,7 @@ class SALMProtector(Protector):
 
     resumable = True
     # checkpoints saved before ``block`` existed hold per-pixel noise
-    legacy_defaults = {"block": 1}
+    legacy_defaults = {"block": 1, "pattern": "flat"}
 
     def __init__(
         self,
@@ -205,6 +223,7 @@ class SALMProtector(Protector):
         reset_every: int = 0,
         rank: str = "magnitude",
         block: int = 4,
+        pattern: str = "flat",
         mix_images: bool = False,
         optimizer: str = "sgd",
         surrogates: int = 1,
@@ -221,6 +240,8 @@ class SALMProtector(Protector):
             raise MedueError(f"l0_projection must be one of {L0_MODES}, got {l0_projection!r}")
         if rank not in RANKS:
             raise MedueError(f"rank must be one of {RANKS}, got {rank!r}")
+        if pattern not in TILE_PATTERNS:
+            raise MedueError(f"pattern must be one of {TILE_PATTERNS}, got {pattern!r}")
         if optimizer not in OPTIMIZERS:
             raise MedueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         for option, value in (
@@ -268,6 +289,7 @@ class SALMProtector(Protector):
         self.reset_every = int(reset_every)
         self.rank = rank
         self.block = int(block)
+        self.pattern = pattern
         self.mix_images = bool(mix_images)
         self._l0_each_step = l0_projection == "every_step"
         self._projection_k = self.k
@@ -307,6 +329,7 @@ class SALMProtector(Protector):
             "reset_every": self.reset_every,
             "rank": self.rank,
             "block": self.block,
+            "pattern": self.pattern,
             "mix_images": self.mix_images,
             "optimizer": self.optimizer_name,
             "surrogates": self.num_surrogates,
@@ -384,13 +407,15 @@ class SALMProtector(Protector):
     def _sign_step(self, rows: torch.Tensor, gradient: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
         """One error-minimizing masked sign step, then the L-inf (and L0) projection.
 
-        With ``block > 1`` the gradient is first averaged over each tile (the gradient of a tile-constant
-        perturbation; tiles shrink where one would exceed the K% budget, :func:`tile_side`), so the step and
-        the mask move whole tiles.
+        With ``block > 1`` the gradient is first multiplied by the tile pattern and averaged over each tile
+        (the gradient of a tile's single value; tiles shrink where one would exceed the K% budget,
+        :func:`tile_side`), so the mask ranks whole tiles and the step moves each by its pattern.
         """
-        gradient = block_average(gradient, tile_side(gradient.shape[-2] * gradient.shape[-1], self.k, self.block))
-        mask = topk_position_mask(gradient if self.rank == "signed" else gradient.abs(), self.k, self.block)
-        rows = rows - self.step_size * torch.sign(mask * gradient)
+        height, width = gradient.shape[-2:]
+        field = tile_pattern_field(height, width, self.pattern, gradient.device)
+        tile_gradient = block_average(gradient * field, tile_side(height * width, self.k, self.block))
+        mask = topk_position_mask(tile_gradient if self.rank == "signed" else tile_gradient.abs(), self.k, self.block)
+        rows = rows - self.step_size * torch.sign(mask * tile_gradient) * field
         rows = project_linf(rows, images, self.eps) if images is not None else rows.clamp(-self.eps, self.eps)
         if self._l0_each_step:
             rows = project_l0(rows, self._projection_k, tie_break=gradient, block=self.block)
