@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ def _benchmark_module(name: str):
     """Import ``benchmarks/<name>.py`` (the folder is not a package)."""
     spec = importlib.util.spec_from_file_location(f"{name}_benchmark", SCRIPT.parent / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -332,3 +334,113 @@ def test_method_options_parse_json_and_fractions():
     assert options == {"umed": {"background_eps": 2 / 255, "epochs": 3}, "salm": {"surrogate": "smallcnn"}}
     with pytest.raises(SystemExit, match="METHOD.key=value"):
         baselines._parse_options(["epochs=3"])
+
+
+def _write_json(path: Path, document: dict) -> str:
+    path.write_text(json.dumps(document))
+    return path.name
+
+
+def test_targets_verdict_is_taken_on_the_mean_and_counts_single_runs(tmp_path):
+    targets = _benchmark_module("targets")
+    runs = [
+        _write_json(tmp_path / f"run{seed}.json", {"seed": seed, "results": {"salm": {"acc": acc}}})
+        for seed, acc in ((0, 50.0), (1, 60.0))
+    ]
+    below = {
+        "issue": 2,
+        "target": "acc",
+        "compare": "<=",
+        "bound": 53.2,
+        "unit": "%",
+        "value": "results.salm.acc",
+        "runs": runs,
+    }
+    verdict = targets.evaluate_target(below, tmp_path)
+    assert [run.seed for run in verdict.runs] == [0, 1]
+    assert verdict.mean == pytest.approx(55.0)
+    assert verdict.runs_meeting == 1 and not verdict.met
+    assert verdict.margin == pytest.approx(1.8)
+    above = {**below, "compare": ">=", "bound": 54.0, "unit": "dB"}
+    assert targets.evaluate_target(above, tmp_path).met
+    table = targets.markdown_table([verdict, targets.evaluate_target(above, tmp_path)])
+    assert "| 50.00 (0); 60.00 (1) | 55.00 | 1 of 2 | missed by 1.80 points |" in table
+    assert table.rstrip().endswith("| 55.00 | 1 of 2 | met |")
+    # a run that keeps its number elsewhere names its own path
+    other = _write_json(tmp_path / "other.json", {"runs": {"unet": {"protected": {"dice": 3.0}}}})
+    mixed = {**below, "runs": [{"file": other, "value": "runs.unet.protected.dice"}]}
+    assert targets.evaluate_target(mixed, tmp_path).runs[0].value == 3.0
+
+
+def test_targets_name_the_file_and_the_problem(tmp_path):
+    targets = _benchmark_module("targets")
+    base = {"issue": 3, "target": "dice", "compare": "<=", "bound": 5, "value": "results.umed.dice"}
+    _write_json(tmp_path / "text.json", {"results": {"umed": {"dice": "low"}}})
+    (tmp_path / "broken.json").write_text("{")
+    cases = {
+        "missing.json": "no such result file",
+        "text.json": "not a finite number",
+        "broken.json": "not JSON",
+    }
+    for name, message in cases.items():
+        with pytest.raises(targets.TargetError, match=message) as raised:
+            targets.evaluate_target({**base, "runs": [name]}, tmp_path)
+        assert name in str(raised.value)
+    _write_json(tmp_path / "short.json", {"results": {}})
+    with pytest.raises(targets.TargetError, match="missing 'umed'"):
+        targets.evaluate_target({**base, "runs": ["short.json"]}, tmp_path)
+    with pytest.raises(targets.TargetError, match="compare must be"):
+        targets.evaluate_target({**base, "compare": "<", "runs": ["short.json"]}, tmp_path)
+    with pytest.raises(targets.TargetError, match="missing field 'bound'"):
+        targets.evaluate_target({k: v for k, v in base.items() if k != "bound"} | {"runs": ["x"]}, tmp_path)
+    config = tmp_path / "targets.yaml"
+    config.write_text("targets: {}\n")
+    assert targets.main(["--config", str(config), "--results", str(tmp_path)]) == 2
+
+
+def test_targets_accept_only_runs_of_the_current_defaults(tmp_path):
+    from medue_monai.protectors import get_protector_class
+
+    targets = _benchmark_module("targets")
+    defaults = get_protector_class("salm")(device="cpu").config()
+    target = {
+        "issue": 2,
+        "target": "acc",
+        "compare": "<=",
+        "bound": 53.2,
+        "value": "results.salm.acc",
+        "defaults_of": "salm",
+        "options": "results.salm.options",
+    }
+
+    def run(name: str, options: dict) -> str:
+        return _write_json(tmp_path / name, {"seed": 3, "results": {"salm": {"acc": 50.0, "options": options}}})
+
+    assert targets.evaluate_target({**target, "runs": [run("same.json", {**defaults, "seed": 3})]}, tmp_path).met
+    # an option recorded before it existed counts as the value checkpoints of that time had (block=1, not 4)
+    older = {key: value for key, value in defaults.items() if key != "block"}
+    cases = {
+        "block.json": ({**defaults, "block": 1}, "block=1"),
+        "older.json": (older, "block=1"),
+        "removed.json": ({**defaults, "retired_switch": True}, "retired_switch=True"),
+    }
+    for name, (options, message) in cases.items():
+        with pytest.raises(targets.TargetError, match=message) as raised:
+            targets.evaluate_target({**target, "runs": [run(name, options)]}, tmp_path)
+        assert name in str(raised.value)
+    # an option since removed that was off is accepted
+    off = run("off.json", {**defaults, "retired_switch": 0.0})
+    assert targets.evaluate_target({**target, "runs": [off]}, tmp_path).runs[0].value == 50.0
+
+
+def test_recorded_targets_quote_only_runs_of_the_current_defaults(tmp_path):
+    """The committed table's runs still use today's defaults: change a default and this fails until re-measured."""
+    targets = _benchmark_module("targets")
+    root = SCRIPT.parents[1]
+    verdicts = targets.run(
+        root / "configs" / "benchmarks" / "targets.yaml", root / "benchmarks" / "results", tmp_path / "targets"
+    )
+    assert {verdict.issue for verdict in verdicts} == {2, 3}
+    assert all(verdict.runs for verdict in verdicts)
+    assert (tmp_path / "targets.md").read_text() == targets.markdown_table(verdicts)
+    assert json.loads((tmp_path / "targets.json").read_text())["targets"][0]["mean"] == verdicts[0].mean
