@@ -118,6 +118,16 @@ def read_path(document: Any, path: str, where: str) -> Any:
     return value
 
 
+def _load(path: Path, parse: Callable[[str], Any], what: str, syntax: str, syntax_error: type[Exception]) -> Any:
+    """Parse the file at ``path``; a missing file or a syntax error becomes a :class:`TargetError` naming it."""
+    try:
+        return parse(path.read_text())
+    except FileNotFoundError:
+        raise TargetError(f"{path}: no such {what}") from None
+    except syntax_error as error:
+        raise TargetError(f"{path}: not {syntax} ({error})") from None
+
+
 def _number(value: Any, where: str, path: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise TargetError(f"{where}: '{path}' is {value!r}, not a finite number")
@@ -176,22 +186,17 @@ def evaluate_target(spec: dict[str, Any], results_dir: Path) -> Verdict:
         raise TargetError(f"target {spec['target']!r}: compare must be one of {sorted(COMPARISONS)}")
     if not spec["runs"]:
         raise TargetError(f"target {spec['target']!r}: no runs listed")
+    if spec.get("defaults_of") and not spec.get("options"):
+        raise TargetError(f"target {spec['target']!r}: defaults_of needs the options path")
     runs = []
     for entry in spec["runs"]:
         file, path = (entry, spec.get("value")) if isinstance(entry, str) else (entry.get("file"), entry.get("value"))
         if not file or not path:
             raise TargetError(f"target {spec['target']!r}: run {entry!r} needs a file and a value path")
         location = results_dir / file
-        try:
-            document = json.loads(location.read_text())
-        except FileNotFoundError:
-            raise TargetError(f"{location}: no such result file") from None
-        except json.JSONDecodeError as error:
-            raise TargetError(f"{location}: not JSON ({error})") from None
+        document = _load(location, json.loads, "result file", "JSON", json.JSONDecodeError)
         value = _number(read_path(document, path, str(location)), str(location), path)
         if spec.get("defaults_of"):
-            if not spec.get("options"):
-                raise TargetError(f"target {spec['target']!r}: defaults_of needs the options path")
             recorded = read_path(document, spec["options"], str(location))
             differences = default_differences(spec["defaults_of"], recorded)
             if differences:
@@ -237,12 +242,7 @@ def run(config: Path, results_dir: Path, output: Path | None) -> list[Verdict]:
     Raises:
         TargetError: an unreadable configuration or any target that cannot be evaluated.
     """
-    try:
-        document = yaml.safe_load(config.read_text())
-    except FileNotFoundError:
-        raise TargetError(f"{config}: no such configuration") from None
-    except yaml.YAMLError as error:
-        raise TargetError(f"{config}: not YAML ({error})") from None
+    document = _load(config, yaml.safe_load, "configuration", "YAML", yaml.YAMLError)
     if not isinstance(document, dict) or not isinstance(document.get("targets"), list):
         raise TargetError(f"{config}: expected a mapping with a 'targets' list")
     verdicts = [evaluate_target(spec, results_dir) for spec in document["targets"]]
