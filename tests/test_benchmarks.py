@@ -444,3 +444,36 @@ def test_recorded_targets_quote_only_runs_of_the_current_defaults(tmp_path):
     assert all(verdict.runs for verdict in verdicts)
     assert (tmp_path / "targets.md").read_text() == targets.markdown_table(verdicts)
     assert json.loads((tmp_path / "targets.json").read_text())["targets"][0]["mean"] == verdicts[0].mean
+
+
+def test_exploiter_seeds_retrain_the_exploiter_on_one_fixed_copy(seg_run, tmp_path):
+    module = _benchmark_module("exploiter_seeds")
+    _, root, _, first = seg_run
+    folder = first["results"]["lsp"]["output"]
+    report_file = root / "results" / "first.json"
+    out = tmp_path / "seeds.json"
+    argv = ["--protected", folder, "--seeds", "0,5", "--epochs", "1", "--device", "cpu"]
+    report = module.main([*argv, "--clean-from", str(report_file), "--out", str(out)])
+    assert [entry["seed"] for entry in report["runs"]] == [0, 5]
+    assert report["exploiter"] == "unet" and report["recipe"] == "seg-quick" and report["fit_seed"] == 0
+    # exploiter seed 0 is the benchmark's own run of that copy; the clean run is the report's, with its seed
+    assert report["runs"][0]["dice"] == pytest.approx(first["results"]["lsp"]["dice"])
+    assert all(entry["clean"] == first["results"]["clean"]["dice"] for entry in report["runs"])
+    assert report["clean_from_seed"] == 0 and all(entry["clean_seed"] == 0 for entry in report["runs"])
+    dice = [entry["dice"] for entry in report["runs"]]
+    assert report["summary"]["mean"] == pytest.approx(sum(dice) / 2)
+    assert report["summary"]["min"] == min(dice) and report["summary"]["max"] == max(dice)
+    assert json.loads(out.read_text())["summary"] == report["summary"]
+    table = out.with_suffix(".md").read_text()
+    assert "| 5 |" in table and "pixel_auc" in table
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # bad input: one clear message each
+    with pytest.raises(SystemExit, match="comma-separated integers"):
+        module.main([*argv[:2], "--seeds", "1,x", "--out", str(out)])
+    with pytest.raises(SystemExit, match="each once"):
+        module.main([*argv[:2], "--seeds", "1,1", "--out", str(out)])
+    with pytest.raises(SystemExit, match="no manifest.json"):
+        module.main(["--protected", str(tmp_path), "--out", str(out)])
+    (tmp_path / "empty.json").write_text("{}")
+    with pytest.raises(SystemExit, match="keeps no clean-trained run"):
+        module.main([*argv, "--clean-from", str(tmp_path / "empty.json"), "--out", str(out)])
