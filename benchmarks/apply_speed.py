@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import shlex
 import sys
 import time
@@ -33,6 +31,7 @@ from monai.transforms import Compose
 from medue_monai.data.segmentation import SegmentationDataset, load_segmentation_source
 from medue_monai.protectors import load_protector
 from medue_monai.transforms import Protect, Protectd
+from medue_monai.utils import machine_record
 
 
 def _rate(count: int, seconds: float) -> float:
@@ -78,13 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "apply_speed",
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "device": args.device,
-        },
+        "machine": machine_record(args.device),
         "method": protector.name,
         "items": len(items),
         "spatial_size": args.spatial_size,

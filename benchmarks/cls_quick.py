@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
 import resource
 import shlex
 import sys
@@ -29,6 +28,7 @@ import yaml
 
 from medue_monai import __version__
 from medue_monai.pipeline.classification import evaluate_classification, protect_classification
+from medue_monai.utils import machine_record
 
 # The SALM paper's Table 1 (ResNet-18, clean -> SALM), for the side-by-side table.
 PAPER = {
@@ -41,14 +41,6 @@ PAPER = {
     "organcmnist": (90.0, 64.6),
     "organsmnist": (78.2, 46.8),
 }
-
-
-def machine_description(device: str) -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__}
-    info["cpu_threads"] = torch.get_num_threads()
-    if device != "cpu" and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def peak_memory_mb() -> dict:
@@ -177,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "seeds": seeds,
         "device": args.device,
-        "machine": machine_description(args.device),
+        "machine": machine_record(args.device),
         "matrix": matrix,
         "rows": [],
     }

@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import resource
 import shlex
 import subprocess
@@ -28,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+from medue_monai.utils import machine_record
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,13 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             "name": name,
             "command": " ".join(shlex.quote(c) for c in command[1:]).replace(scratch, "<tmp>"),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "machine": {
-                "platform": platform.platform(),
-                "cpus": os.cpu_count(),
-                "torch_threads": torch.get_num_threads(),
-                "torch": torch.__version__,
-                "device": args.device,
-            },
+            "machine": machine_record(args.device),
             "seed": args.seed,
             "spatial_size": args.spatial_size,
             "wall_seconds": wall,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
 import shlex
 import shutil
 import sys
@@ -30,12 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medue_monai import __version__
 from medue_monai.data.segmentation import read_image_array, read_mask_array, resize_image, resize_mask
 from medue_monai.evaluation.report import reusable_clean_run
 from medue_monai.io.png import RESAMPLE_MODES, apply_delta_uint8, write_png
 from medue_monai.pipeline.segmentation import evaluate_segmentation
 from medue_monai.protectors import load_protector
+from medue_monai.utils import machine_record
 
 
 def _item_files(source: Path, item_id: str) -> tuple[Path, Path]:
@@ -165,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "command": shlex.join([sys.executable, *sys.argv]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "medue_monai": __version__},
+        "machine": machine_record(args.device),
         "protected": str(protected),
         "method": protector.name,
         "reach": reach(protector, protected, modes, args.limit),

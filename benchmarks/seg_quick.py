@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
-import platform
 import resource
 import shlex
 import sys
@@ -29,7 +27,7 @@ from pathlib import Path
 import torch
 
 from medue_monai.pipeline.segmentation import evaluate_segmentation, protect_segmentation
-from medue_monai.utils import resolve_device
+from medue_monai.utils import machine_record, resolve_device
 
 EXPLOITERS = ("unet", "attentionunet")
 
@@ -156,16 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "seed": args.seed,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "device": str(device),
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-        },
+        "machine": machine_record(device),
         "data": data,
         "protected": str(protected),
         "reused_protected_copy": bool(args.protected),

@@ -1,9 +1,10 @@
-"""Small shared helpers: user-facing errors, fraction parsing, devices, seeds, checksums."""
+"""Small shared helpers: user-facing errors, fraction parsing, devices, seeds, checksums, machine records."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import random
 from fractions import Fraction
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 __all__ = [
     "MedueError",
+    "machine_record",
     "parse_fraction",
     "resolve_device",
     "set_seed",
@@ -65,6 +67,33 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise MedueError(f"device {device!r} requested but no CUDA device is available (use --device cpu)")
     return resolved
+
+
+def machine_record(device: str | torch.device = "cpu") -> dict[str, object]:
+    """What a benchmark record says about the machine it ran on.
+
+    Args:
+        device: the device the measured work ran on (``"auto"`` is resolved first).
+
+    Returns:
+        Host, platform, processor, CPU count, torch threads, Python, torch and package versions, the device
+        and the GPU's name (``None`` on a CPU).
+    """
+    from . import __version__
+
+    resolved = resolve_device(device)
+    return {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "medue_monai": __version__,
+        "device": str(resolved),
+        "gpu": torch.cuda.get_device_name(resolved) if resolved.type == "cuda" else None,
+    }
 
 
 def set_seed(seed: int) -> torch.Generator:

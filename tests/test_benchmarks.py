@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from medue_monai.data.segmentation import make_synthetic_segmentation
 from medue_monai.pipeline.segmentation import evaluate_segmentation
@@ -456,6 +458,9 @@ def test_exploiter_seeds_retrain_the_exploiter_on_one_fixed_copy(seg_run, tmp_pa
     report = module.main([*argv, "--clean-from", str(report_file), "--out", str(out)])
     assert [entry["seed"] for entry in report["runs"]] == [0, 5]
     assert report["exploiter"] == "unet" and report["recipe"] == "seg-quick" and report["fit_seed"] == 0
+    machine = report["machine"]  # medue_monai.utils.machine_record, as in every benchmark record
+    assert machine["device"] == "cpu" and machine["gpu"] is None and machine["cpu_count"] == os.cpu_count()
+    assert machine["torch"] == torch.__version__ and machine["torch_threads"] == torch.get_num_threads()
     # exploiter seed 0 is the benchmark's own run of that copy; the clean run is the report's, with its seed
     assert report["runs"][0]["dice"] == pytest.approx(first["results"]["lsp"]["dice"])
     assert all(entry["clean"] == first["results"]["clean"]["dice"] for entry in report["runs"])
