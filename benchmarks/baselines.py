@@ -61,8 +61,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import resource
 import shlex
 import sys
@@ -77,7 +75,6 @@ import medue_monai.protectors.ar  # noqa: F401  (registers "ar"; harmless once t
 import medue_monai.protectors.lsp  # noqa: F401
 import medue_monai.protectors.sep  # noqa: F401
 import medue_monai.protectors.tap  # noqa: F401
-from medue_monai import __version__
 from medue_monai.evaluation.plots import plot_learning_curves
 from medue_monai.evaluation.recipes import get_recipe
 from medue_monai.evaluation.report import reusable_clean_run
@@ -86,7 +83,7 @@ from medue_monai.pipeline.classification import evaluate_classification, protect
 from medue_monai.pipeline.segmentation import evaluate_segmentation, protect_segmentation
 from medue_monai.protectors import get_protector_class
 from medue_monai.transforms.defenses import DEFENSES
-from medue_monai.utils import MedueError, parse_fraction, resolve_device
+from medue_monai.utils import MedueError, machine_record, parse_fraction, resolve_device
 
 METHODS = {
     "classification": ("clean", "em", "tap", "lsp", "ar", "sep", "salm"),
@@ -170,21 +167,6 @@ def _peak_memory(device: torch.device) -> dict[str, float | None]:
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return {"peak_rss_mb_since_start": peak_rss, "peak_gpu_mb": gpu}
-
-
-def _machine(device: torch.device) -> dict[str, Any]:
-    return {
-        "host": platform.node(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "medue_monai": __version__,
-        "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-    }
 
 
 def _cli_commands(args: argparse.Namespace, protector: str, options: dict[str, Any], folder: Path) -> list[str]:
@@ -629,7 +611,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "methods": methods,
         "command": shlex.join([sys.executable, *sys.argv]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": _machine(device),
+        "machine": machine_record(device),
         "paper": PAPER_TABLES[task].get(dataset, {}),
         "results": {},
     }
