@@ -77,7 +77,7 @@ import medue_monai.protectors.sep  # noqa: F401
 import medue_monai.protectors.tap  # noqa: F401
 from medue_monai.evaluation.plots import plot_learning_curves
 from medue_monai.evaluation.recipes import get_recipe
-from medue_monai.evaluation.report import reusable_clean_run
+from medue_monai.evaluation.report import recorded_clean_run, reusable_clean_run
 from medue_monai.io.png import RESAMPLE_MODES
 from medue_monai.pipeline.classification import evaluate_classification, protect_classification
 from medue_monai.pipeline.segmentation import evaluate_segmentation, protect_segmentation
@@ -529,10 +529,9 @@ def _row_from_report(method: str, path: Path, earlier: dict[str, Any], report: d
     row = (earlier.get("results") or {}).get(method)
     if row is None:
         raise SystemExit(f"{flag}: the report has no {method!r} row")
-    repetitions = (earlier["results"].get("clean") or {}).get("repetitions") or []
-    if not repetitions or "curves" not in repetitions[0]:
+    clean_run = recorded_clean_run(earlier)
+    if clean_run is None:
         raise SystemExit(f"{flag}: the report keeps no clean-trained run")
-    clean_run = {k: v for k, v in repetitions[0].items() if k not in {"after", "reused_from"}}
     machine = earlier.get("machine") or {}
     return {
         **{k: v for k, v in row.items() if k not in {"reused_from", "reused_machine"}},

@@ -8,7 +8,7 @@ from typing import Any
 
 from .plots import plot_learning_curves
 
-__all__ = ["reusable_clean_run", "write_results"]
+__all__ = ["recorded_clean_run", "reusable_clean_run", "write_results"]
 
 
 def write_results(results: dict[str, Any], output: str | Path, metric: str) -> dict[str, Any]:
@@ -53,3 +53,25 @@ def reusable_clean_run(results: dict[str, Any]) -> dict[str, Any]:
     if "split_sha256" in results:
         run["split_sha256"] = results["split_sha256"]
     return run
+
+
+def recorded_clean_run(document: dict[str, Any]) -> dict[str, Any] | None:
+    """The clean-trained run kept in an evaluation's results or in a benchmark report, as ``clean_run`` takes it.
+
+    Args:
+        document: a ``results.json`` of ``medue evaluate``, or a ``benchmarks/baselines.py`` report (whose
+            ``results.clean.repetitions`` list the clean-trained runs with ``after`` / ``reused_from``
+            bookkeeping).
+
+    Returns:
+        For results, :func:`reusable_clean_run`; for a report, its first clean repetition without the
+        bookkeeping keys. ``None`` when the document keeps no clean-trained run with its curves.
+    """
+    if "results" in document:
+        repetitions = (document["results"].get("clean") or {}).get("repetitions") or []
+        run = {k: v for k, v in repetitions[0].items() if k not in {"after", "reused_from"}} if repetitions else {}
+    elif "clean" in document and "curves" in document:
+        run = reusable_clean_run(document)
+    else:
+        run = {}
+    return run if "curves" in run else None
