@@ -448,7 +448,7 @@ def test_recorded_targets_quote_only_runs_of_the_current_defaults(tmp_path):
     assert json.loads((tmp_path / "targets.json").read_text())["targets"][0]["mean"] == verdicts[0].mean
 
 
-def test_exploiter_seeds_retrain_the_exploiter_on_one_fixed_copy(seg_run, tmp_path):
+def test_exploiter_seeds_retrain_the_exploiter_on_one_fixed_copy(seg_run, tmp_path, monkeypatch):
     module = _benchmark_module("exploiter_seeds")
     _, root, _, first = seg_run
     folder = first["results"]["lsp"]["output"]
@@ -472,6 +472,27 @@ def test_exploiter_seeds_retrain_the_exploiter_on_one_fixed_copy(seg_run, tmp_pa
     table = out.with_suffix(".md").read_text()
     assert "| 5 |" in table and "pixel_auc" in table
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["seeds_pending"] == [] and "Still to run" not in table
+    # a run stopped after its first seed keeps that seed's record, and says which seeds are left
+    evaluate, score, extras = module.TASKS["segmentation"]
+    calls = []
+
+    def stopped_after_one(*args, **kwargs):
+        calls.append(kwargs["seed"])
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setitem(module.TASKS, "segmentation", (stopped_after_one, score, extras))
+    stopped = tmp_path / "stopped.json"
+    with pytest.raises(KeyboardInterrupt):
+        module.main([*argv[:2], "--seeds", "0,5,7", *argv[4:], "--clean-from", str(report_file), "--out", str(stopped)])
+    kept = json.loads(stopped.read_text())
+    assert [entry["seed"] for entry in kept["runs"]] == [0] and kept["seeds_pending"] == [5, 7]
+    assert kept["runs"][0]["dice"] == pytest.approx(report["runs"][0]["dice"])
+    assert "Still to run: exploiter seeds 5, 7." in stopped.with_suffix(".md").read_text()
+    assert not list(tmp_path.glob("*.partial"))
+    monkeypatch.undo()
     # bad input: one clear message each
     with pytest.raises(SystemExit, match="comma-separated integers"):
         module.main([*argv[:2], "--seeds", "1,x", "--out", str(out)])
