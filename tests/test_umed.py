@@ -13,7 +13,7 @@ from PIL import Image
 from medue_monai.io.png import apply_delta_uint8, write_png
 from medue_monai.nets.cdc import CDConv2d, CDCUNet, texture_generator
 from medue_monai.protectors.base import load_protector
-from medue_monai.protectors.masks import contour_band, contour_radius, roi_interior
+from medue_monai.protectors.masks import contour_band, contour_radius, dilate_mask, roi_interior
 from medue_monai.protectors.trainer import BilevelTrainer
 from medue_monai.protectors.umed import (
     UMedPhaseHandler,
@@ -233,6 +233,41 @@ def test_clean_negatives_train_the_surrogate_to_call_clean_images_background() -
     assert UMedProtector(device="cpu").config()["clean_negatives"] == 0.0
     with pytest.raises(MedueError, match="clean_negatives"):
         UMedProtector(clean_negatives=-1)
+
+
+def test_background_noise_is_label_free_bounded_and_seeded_per_image(fitted: UMedProtector, tmp_path) -> None:
+    assert UMedProtector(device="cpu").config()["background_noise"] == 0.0
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(MedueError, match="background_noise"):
+            UMedProtector(background_noise=bad)
+    fitted.save(tmp_path / "umed.pt")
+    noisy_protector = load_protector(tmp_path / "umed.pt", device="cpu")
+    noisy_protector.background_noise = 0.5
+    batch = _batch(size=32, batch=3)
+    images, labels = batch["image"], batch["label"].clone()
+    labels[2] = 0.0  # an empty mask: no perturbation at all, noise included
+    plain = fitted.perturb(images, labels)
+    noisy = noisy_protector.perturb(images, labels)
+    near_roi = dilate_mask(labels, contour_radius(32, 32)).expand_as(images) > 0
+    # inside the ROI and its band the release is the fitted generators' alone
+    assert torch.equal(noisy[near_roi], plain[near_roi])
+    # outside it: noise within 0.5 * eps * x_t, both signs, on every image with a mask
+    outside = ~near_roi
+    outside[2] = False
+    bound = (0.5 * EPS * texture_strength(images)).expand_as(images)
+    assert (noisy[outside].abs() <= bound[outside] + 1e-6).all()
+    assert noisy.abs().max() <= EPS + 1e-6
+    changed = noisy[outside][bound[outside] > 1e-3]
+    assert (changed > 0).float().mean().item() == pytest.approx(0.5, abs=0.1)
+    assert (changed != 0).all()
+    assert noisy[2].abs().max() == 0
+    # each image's signs depend on the image and the seed, not on the batch it came in
+    assert torch.allclose(noisy_protector.perturb(images[1:2], labels[1:2]), noisy[1:2], atol=1e-6)
+    first, second = torch.sign(noisy[0][outside[0]]), torch.sign(noisy[1][outside[1]])
+    assert (first == second).float().mean().item() == pytest.approx(0.5, abs=0.1)
+    noisy_protector.seed = 1
+    reseeded = noisy_protector.perturb(images, labels)
+    assert not torch.equal(reseeded[outside], noisy[outside])
 
 
 def test_save_load_roundtrip(fitted: UMedProtector, tmp_path) -> None:
