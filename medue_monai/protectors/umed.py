@@ -165,7 +165,8 @@ class UMedProtector(Protector):
             feature map per image, so on a clean image it marks whatever natural texture looks most like
             the shortcut; background texture that is random, and labelled background in every released
             image, is meant to teach it that such texture is background. On Kvasir-SEG (seg-quick UNet, CPU,
-            two fixed fits, the same four exploiter runs) ``background_noise=1`` moved the Dice from 11.12,
+            two fixed fits, the same four exploiter runs; on the first fit the same noise came from a one-off
+            script with its own random draw) ``background_noise=1`` moved the Dice from 11.12,
             8.36, 10.77, 2.62 % to 3.40, 7.88, 6.20, 6.95 % at 45.19 dB PSNR (default 54.47 dB): it lowers
             the runs that mark much, raises the one that marked little, and costs about 9 dB, so it is off
             by default (``benchmarks/README.md``, session 22).
