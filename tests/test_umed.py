@@ -16,7 +16,6 @@ from medue_monai.protectors.base import load_protector
 from medue_monai.protectors.masks import contour_band, contour_radius, dilate_mask, roi_interior
 from medue_monai.protectors.trainer import BilevelTrainer
 from medue_monai.protectors.umed import (
-    UMedPhaseHandler,
     UMedProtector,
     texture_strength,
 )
@@ -321,7 +320,7 @@ def test_bilevel_trainer_drives_umed() -> None:
     protector = UMedProtector(epochs=2, cycle=2, alternation="epoch", device="cpu", progress=False)
     loader = [_batch(16, 1)]
     phases = []
-    trainer = BilevelTrainer(protector, loader, 2, 1, max_epochs=2, handlers=[UMedPhaseHandler(protector)])
+    trainer = BilevelTrainer(protector, loader, 2, 1, max_epochs=2)
     trainer.add_event_handler(
         Events.ITERATION_COMPLETED, lambda engine: phases.append(engine.state.output["phase_surrogate"])
     )

@@ -22,7 +22,7 @@ from .salm import EMProtector, SALMProtector
 from .sep import SEPProtector, SEPSegProtector
 from .tap import TAPProtector, TAPSegProtector
 from .trainer import BilevelTrainer
-from .umed import UMedPhaseHandler, UMedProtector
+from .umed import UMedProtector
 
 __all__ = [
     "PROTECTORS",
@@ -42,7 +42,6 @@ __all__ = [
     "SEPSegProtector",
     "TAPProtector",
     "TAPSegProtector",
-    "UMedPhaseHandler",
     "UMedProtector",
     "contour_band",
     "contour_radius",

@@ -39,7 +39,6 @@ from .masks import contour_band, contour_radius, dilate_mask
 
 __all__ = [
     "UMedProtector",
-    "UMedPhaseHandler",
     "texture_strength",
 ]
 
@@ -607,26 +606,3 @@ class UMedProtector(Protector):
         delta_b = self.background_delta(x, y, strength)
         delta = (x + delta_c + delta_t + delta_b).clamp(0.0, 1.0) - x
         return delta.to(device=images_t.device, dtype=images_t.dtype)
-
-
-class UMedPhaseHandler:
-    """MONAI-style handler that tells a UMed protector the epoch, so the alternation follows the engine.
-
-    Use with :class:`~medue_monai.protectors.trainer.BilevelTrainer`: ``BilevelTrainer(protector, loader,
-    2, n, max_epochs=protector.epochs, handlers=[UMedPhaseHandler(protector)])``.
-
-    Args:
-        protector: the UMed protector driven by the engine.
-    """
-
-    def __init__(self, protector: UMedProtector) -> None:
-        self.protector = protector
-
-    def attach(self, engine: Any) -> None:
-        """Register the ``EPOCH_STARTED`` callback on an ignite/MONAI engine."""
-        from ignite.engine import Events
-
-        engine.add_event_handler(Events.EPOCH_STARTED, self)
-
-    def __call__(self, engine: Any) -> None:
-        self.protector.set_epoch(engine.state.epoch - 1)
