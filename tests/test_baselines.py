@@ -434,7 +434,7 @@ def test_real_surrogates_train_and_attack(monkeypatch):
 
 def test_evaluation_reuses_a_clean_run(tmp_path):
     """The baselines benchmark trains the clean exploiter once: a reused run is kept as is, and a run of
-    another length is refused."""
+    another length or of another exploiter network is refused."""
     from medue_monai.pipeline.classification import evaluate_classification, protect_classification
 
     spec = "synthetic:num_train=16,num_val=4,num_test=8,size=16,seed=2"
@@ -446,5 +446,36 @@ def test_evaluation_reuses_a_clean_run(tmp_path):
         folder, "cls-quick", "smallcnn", epochs=1, device="cpu", progress=False, clean_run=clean_run
     )
     assert reused["clean"] == first["clean"] and reused["protected"] == first["protected"]
+    assert first["clean"]["exploiter"] == first["protected"]["exploiter"] == "smallcnn"
     with pytest.raises(MedueError, match="trained for 1 epochs"):
         evaluate_classification(folder, "cls-quick", "smallcnn", epochs=2, device="cpu", clean_run=clean_run)
+    with pytest.raises(MedueError, match="trained with exploiter 'smallcnn', this evaluation uses 'resnet18'"):
+        evaluate_classification(folder, "cls-quick", "resnet18", epochs=1, device="cpu", clean_run=clean_run)
+
+
+def test_a_recorded_clean_run_keeps_its_exploiter_and_is_checked_against_it():
+    """An older results.json kept the exploiter only at its top level: the reusable run takes it from there."""
+    from medue_monai.evaluation.recipes import check_clean_run, counter_measures, get_recipe
+    from medue_monai.evaluation.report import reusable_clean_run
+
+    results = {
+        "exploiter": "resnet18",
+        "split_sha256": "abc",
+        "clean": {"test_accuracy": 80.0},
+        "curves": {"clean": {"test_accuracy": [70.0, 80.0]}},
+    }
+    run = reusable_clean_run(results)
+    assert run == {
+        "test_accuracy": 80.0,
+        "curves": {"test_accuracy": [70.0, 80.0]},
+        "exploiter": "resnet18",
+        "split_sha256": "abc",
+    }
+    counter = counter_measures(get_recipe("cls-quick"))
+    check_clean_run(run, score="test_accuracy", epochs=2, exploiter="resnet18", counter=counter)
+    with pytest.raises(MedueError, match="exploiter 'resnet18', this evaluation uses 'vgg11'"):
+        check_clean_run(run, score="test_accuracy", epochs=2, exploiter="vgg11", counter=counter)
+    with pytest.raises(MedueError, match="another train/test split"):
+        check_clean_run(run, score="test_accuracy", epochs=2, exploiter="resnet18", counter=counter, split_sha256="x")
+    unnamed = {k: v for k, v in run.items() if k != "exploiter"}  # recorded before runs named their network
+    check_clean_run(unnamed, score="test_accuracy", epochs=2, exploiter="vgg11", counter=counter)

@@ -119,6 +119,8 @@ def test_segmentation_evaluation_checks_a_reused_clean_run(seg_run):
         evaluate_segmentation(
             folder, "seg-quick", "unet", epochs=1, device="cpu", clean_run={**clean_run, "split_sha256": "0"}
         )
+    with pytest.raises(MedueError, match="trained with exploiter 'unet', this evaluation uses 'attentionunet'"):
+        evaluate_segmentation(folder, "seg-quick", "attentionunet", epochs=1, device="cpu", clean_run=clean_run)
 
 
 def test_clean_from_takes_only_the_clean_run(seg_run):

@@ -14,6 +14,7 @@ from .hardening import training_counter_measures
 __all__ = [
     "COUNTER_MEASURE_DEFAULTS",
     "RECIPES_FILE",
+    "check_clean_run",
     "check_counter_measures",
     "counter_measures",
     "get_recipe",
@@ -81,3 +82,38 @@ def check_counter_measures(run: dict[str, Any], expected: dict[str, Any], what: 
         earlier = run.get(key, COUNTER_MEASURE_DEFAULTS.get(key))
         if earlier != value:
             raise MedueError(f"{what} was trained with {key} {earlier!r}, this evaluation uses {value!r}")
+
+
+def check_clean_run(
+    run: dict[str, Any],
+    *,
+    score: str,
+    epochs: int,
+    exploiter: str,
+    counter: dict[str, Any],
+    split_sha256: str | None = None,
+) -> None:
+    """Refuse to reuse a clean-trained run that is not the one this evaluation would train.
+
+    Args:
+        run: the earlier clean-trained run (``clean_run`` of the evaluations: its scores, ``curves`` and,
+            where recorded, ``exploiter``, ``split_sha256`` and the counter-measures).
+        score: the per-epoch curve that counts the epochs (``"test_accuracy"``, ``"test_dice"``).
+        epochs: this evaluation's number of epochs.
+        exploiter: this evaluation's exploiter network.
+        counter: :func:`counter_measures` of this evaluation.
+        split_sha256: this evaluation's train/test split, where the task has one of its own.
+
+    Raises:
+        MedueError: for another number of epochs, another exploiter network, another split or other
+            counter-measures. A run recorded before a field existed is not checked on that field.
+    """
+    trained_epochs = len(run.get("curves", {}).get(score, []))
+    if trained_epochs != int(epochs):
+        raise MedueError(f"clean_run was trained for {trained_epochs} epochs, this evaluation uses {epochs}")
+    earlier = run.get("exploiter")
+    if earlier is not None and earlier != exploiter:
+        raise MedueError(f"clean_run was trained with exploiter {earlier!r}, this evaluation uses {exploiter!r}")
+    if split_sha256 is not None and run.get("split_sha256", split_sha256) != split_sha256:
+        raise MedueError("clean_run was trained on another train/test split than this evaluation's")
+    check_counter_measures(run, counter)

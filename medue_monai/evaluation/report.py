@@ -47,9 +47,12 @@ def reusable_clean_run(results: dict[str, Any]) -> dict[str, Any]:
         results: a ``results.json`` of ``evaluate_classification`` or ``evaluate_segmentation``.
 
     Returns:
-        ``{**results["clean"], "curves": results["curves"]["clean"]}``, plus ``split_sha256`` when recorded.
+        ``{**results["clean"], "curves": results["curves"]["clean"]}``, plus ``exploiter`` and
+        ``split_sha256`` when recorded.
     """
     run = {**results["clean"], "curves": results["curves"]["clean"]}
+    if "exploiter" in results:
+        run.setdefault("exploiter", results["exploiter"])
     if "split_sha256" in results:
         run["split_sha256"] = results["split_sha256"]
     return run

@@ -22,7 +22,7 @@ from ..evaluation import (
     invisibility_metrics,
     train_exploiter,
 )
-from ..evaluation.recipes import check_counter_measures, counter_measures
+from ..evaluation.recipes import check_clean_run, counter_measures
 from ..evaluation.report import write_results
 from ..io import (
     atomic_output_dir,
@@ -257,7 +257,7 @@ def evaluate_classification(
 
     Raises:
         MedueError: for a recipe of another task, an unknown counter-measure, or a ``clean_run`` with another
-            number of epochs or other counter-measures.
+            number of epochs, another exploiter network (where it records one) or other counter-measures.
     """
     manifest, arrays, clean = load_protected_classification(protected, data_root)
     recipe_config = get_recipe(
@@ -274,12 +274,9 @@ def evaluate_classification(
     runs = {}
     splits = [("clean", clean.images("train")), ("protected", arrays["train_images"])]
     if clean_run is not None:
-        trained_epochs = len(clean_run.get("curves", {}).get("test_accuracy", []))
-        if trained_epochs != recipe_config["epochs"]:
-            raise MedueError(
-                f"clean_run was trained for {trained_epochs} epochs, this evaluation uses {recipe_config['epochs']}"
-            )
-        check_counter_measures(clean_run, counter)
+        check_clean_run(
+            clean_run, score="test_accuracy", epochs=recipe_config["epochs"], exploiter=exploiter, counter=counter
+        )
         runs["clean"] = clean_run
         splits = splits[1:]
     for name, train_images in splits:
@@ -297,7 +294,7 @@ def evaluate_classification(
             progress=progress,
             description=f"{exploiter} on {name}",
         )
-        runs[name].update(counter)
+        runs[name].update(counter, exploiter=exploiter)
     results = {
         "task": "classification",
         "dataset": manifest["dataset"]["name"],

@@ -39,7 +39,7 @@ from ..data.segmentation import (
 from ..evaluation.hardening import harden_batch, training_counter_measures
 from ..evaluation.invisibility import invisibility_metrics
 from ..evaluation.pixels import PixelScores
-from ..evaluation.recipes import check_counter_measures, counter_measures, get_recipe
+from ..evaluation.recipes import check_clean_run, counter_measures, get_recipe
 from ..io.atomic import atomic_output_dir, atomic_output_file, check_output_dir, check_output_file, protector_path
 from ..io.manifest import build_manifest, protector_record, read_manifest, write_manifest
 from ..io.png import RESAMPLE_MODES, apply_delta_uint8, copy_mask, write_png
@@ -530,7 +530,8 @@ def evaluate_segmentation(
 
     Raises:
         MedueError: not a segmentation output, unknown recipe / exploiter / counter-measure, missing files, or a
-            ``clean_run`` trained for another number of epochs, on another split or with other counter-measures.
+            ``clean_run`` trained for another number of epochs, with another exploiter network (where it records
+            one), on another split or with other counter-measures.
     """
     folder = Path(protected)
     manifest = read_manifest(folder)
@@ -548,14 +549,14 @@ def evaluate_segmentation(
         raise MedueError(f"unknown segmentation exploiter {exploiter!r}; choose from {', '.join(EXPLOITERS)}")
     split_sha256 = hashlib.sha256(json.dumps(manifest["split"], sort_keys=True).encode()).hexdigest()
     if clean_run is not None:
-        trained_epochs = len(clean_run.get("curves", {}).get("test_dice", []))
-        if trained_epochs != int(recipe_config["epochs"]):
-            raise MedueError(
-                f"clean_run was trained for {trained_epochs} epochs, this evaluation uses {recipe_config['epochs']}"
-            )
-        if clean_run.get("split_sha256", split_sha256) != split_sha256:
-            raise MedueError(f"clean_run was trained on another train/test split than the one of {folder}")
-        check_counter_measures(clean_run, counter)
+        check_clean_run(
+            clean_run,
+            score="test_dice",
+            epochs=recipe_config["epochs"],
+            exploiter=exploiter,
+            counter=counter,
+            split_sha256=split_sha256,
+        )
     dataset_info = manifest["dataset"]
     source_path = Path(dataset_info["path"])
     if not source_path.exists() and data_root is not None:
@@ -591,7 +592,7 @@ def evaluate_segmentation(
             progress=progress,
             description=f"{exploiter} on {name}",
         )
-        runs[name].update(counter)
+        runs[name].update(counter, exploiter=exploiter)
     accumulator = _BudgetAccumulator(ssim=True)
     for clean_record, protected_record in zip(clean_train_records, protected_records, strict=True):
         accumulator.add(read_image_array(clean_record.image), read_image_array(protected_record.image))
