@@ -379,13 +379,15 @@ class UMedProtector(Protector):
             bound = self.eps * strength * interior
         return band, interior, bound
 
-    def background_delta(self, images: torch.Tensor, labels: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+    def background_delta(
+        self, images: torch.Tensor, labels: torch.Tensor, strength: torch.Tensor | None
+    ) -> torch.Tensor:
         """The label-free background noise of ``background_noise`` (zeros when the option is 0).
 
         Args:
             images: ``(B, C, H, W)`` images in [0, 1] on the protector's device.
             labels: ``(B, 1, H, W)`` binary masks.
-            strength: the images' :func:`texture_strength` map.
+            strength: the images' :func:`texture_strength` map (may be ``None`` when ``background_noise`` is 0).
 
         Returns:
             ``background_noise * eps * x_t * sign`` outside ``dilate(y, r)`` (the ROI and its contour band),
@@ -601,7 +603,9 @@ class UMedProtector(Protector):
             y = y[:, None]
         if x.shape[1] != self.in_channels:
             raise MedueError(f"umed was fitted on {self.in_channels}-channel images, got {x.shape[1]} channels")
-        strength = texture_strength(x, self.lbp_points, self.lbp_radius)
+        # the LBP map is computed once, and only where the texture bound or the background noise uses it
+        needs_strength = not self.fixed_bound or self.background_noise > 0
+        strength = texture_strength(x, self.lbp_points, self.lbp_radius) if needs_strength else None
         delta_c, delta_t = self.deltas(x, y, self.regions(x, y, strength))
         delta_b = self.background_delta(x, y, strength)
         delta = (x + delta_c + delta_t + delta_b).clamp(0.0, 1.0) - x
