@@ -562,3 +562,42 @@ def test_ensemble_and_adam_surrogates_fit_within_budget_and_round_trip(tmp_path)
     assert torch.equal(loaded.perturb(images, labels), protector.perturb(images, labels))
     assert SALMProtector(device="cpu").config()["surrogates"] == 1
     assert SALMProtector(device="cpu").config()["optimizer"] == "sgd"
+
+
+def test_a_bundle_style_config_builds_and_runs_the_bilevel_trainer(tmp_path):
+    """The bundle door: ``monai.bundle.ConfigParser`` builds loader, SALM and trainer from a train.json-like dict."""
+    from monai.bundle import ConfigParser
+
+    saved = tmp_path / "salm.pt"
+    config = {
+        "source": {"_target_": "medue_monai.data.load_classification_spec", "spec": SPEC},
+        "dataset": "$@source.dataset('train')",
+        "loader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 8, "shuffle": True},
+        "protector": {
+            "_target_": "medue_monai.protectors.SALMProtector",
+            "eps": EPS,
+            "k": 10,
+            "epochs": 2,
+            "device": "cpu",
+            "progress": False,
+        },
+        "trainer": {
+            "_target_": "medue_monai.protectors.BilevelTrainer",
+            "protector": "@protector",
+            "data_loader": "@loader",
+            "num_classes": "$@source.num_classes",
+            "num_samples": "$len(@dataset)",
+            "max_epochs": "@protector#epochs",
+            "handlers": [{"_target_": "StatsHandler", "tag_name": "train_loss", "output_transform": "$lambda x: None"}],
+        },
+        "run": ["$@trainer.run()", f"$@protector.save('{saved}')"],
+    }
+    parser = ConfigParser(config)
+    parser.get_parsed_content("run")
+    trainer, protector = parser.get_parsed_content("trainer"), parser.get_parsed_content("protector")
+    assert trainer.state.epoch == 2 and trainer.state.iteration == 6 and protector.fitted
+    assert float(protector.delta.abs().max()) <= EPS + 1e-7
+    touched = (protector.delta.abs().sum(dim=1) > 0).flatten(1).sum(dim=1)
+    assert int(touched.max()) <= positions_to_keep(16 * 16, 10.0) and int(touched.min()) > 0
+    reloaded = load_protector(saved, device="cpu")
+    assert torch.equal(reloaded.delta, protector.delta) and reloaded.config() == protector.config()

@@ -326,3 +326,52 @@ def test_bilevel_trainer_drives_umed() -> None:
     )
     trainer.run()
     assert phases == [1.0, 0.0] and protector.fitted
+
+
+def test_a_bundle_style_config_fits_umed_on_a_folder_dataset(tmp_path) -> None:
+    """The bundle door for segmentation: ``ConfigParser`` builds folder source, loader, UMed and trainer."""
+    from monai.bundle import ConfigParser
+
+    from medue_monai.data.segmentation import make_synthetic_segmentation
+
+    folder = make_synthetic_segmentation(tmp_path / "seg", num_items=4, size=32, seed=1)
+    config = {
+        "source": {"_target_": "medue_monai.data.load_segmentation_source", "data": str(folder)},
+        "dataset": {
+            "_target_": "medue_monai.data.SegmentationDataset",
+            "records": "$@source.records",
+            "spatial_size": 32,
+            "channels": "$@source.in_channels",
+        },
+        "loader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 2, "shuffle": True},
+        "protector": {
+            "_target_": "medue_monai.protectors.UMedProtector",
+            "eps": EPS,
+            "epochs": 2,
+            "cycle": 2,
+            "alternation": "epoch",
+            "device": "cpu",
+            "progress": False,
+        },
+        "trainer": {
+            "_target_": "medue_monai.protectors.BilevelTrainer",
+            "protector": "@protector",
+            "data_loader": "@loader",
+            "num_classes": 2,
+            "num_samples": "$len(@dataset)",
+            "max_epochs": "@protector#epochs",
+        },
+        "run": "$@trainer.run()",
+    }
+    parser = ConfigParser(config)
+    parser.get_parsed_content("run")
+    protector = parser.get_parsed_content("protector")
+    assert parser.get_parsed_content("trainer").state.iteration == 4 and protector.fitted
+    batch = next(iter(parser.get_parsed_content("loader")))
+    images, labels = batch["image"].as_tensor(), batch["label"].as_tensor()
+    delta = protector.perturb(images, labels)
+    band, interior, bound = protector.regions(images, (labels > 0.5).float(), texture_strength(images))
+    outside = (band + interior) == 0
+    assert float(delta.abs().max()) > 0, "a fitted UMed changes the ROI"
+    assert float(delta.abs().amax(dim=1, keepdim=True)[outside].max()) == 0.0
+    assert float(delta.abs().max()) <= EPS + 1e-6
