@@ -260,11 +260,19 @@ def test_bad_options_raise(options, message):
         SALMProtector(device="cpu", **options)
 
 
-def test_auto_surrogate_resolves_by_device_and_is_recorded():
+def test_surrogate_defaults_resolve_per_device_only_where_auto_and_are_recorded():
+    import inspect
+
     from medue_monai.nets import resolve_classifier
 
     cpu = SALMProtector(device="cpu")
     assert cpu.config()["surrogate"] == "smallcnn" and cpu.config()["lr"] == 0.01
+    # SALM's default names one network, so a GPU and a CPU release fit the same surrogate; EM keeps "auto"
+    salm_default = inspect.signature(SALMProtector).parameters["surrogate"].default
+    em_default = inspect.signature(EMProtector).parameters["surrogate"].default
+    assert resolve_classifier(salm_default, torch.device("cuda")) == "smallcnn"
+    assert resolve_classifier(em_default, torch.device("cuda")) == "resnet18"
+    assert EMProtector(device="cpu").config()["surrogate"] == "smallcnn"
     assert resolve_classifier("auto", torch.device("cuda")) == "resnet18"
     assert resolve_classifier("vgg11", "cpu") == "vgg11"
     paper = SALMProtector(surrogate="resnet18", device="cpu")
