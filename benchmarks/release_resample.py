@@ -29,16 +29,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medue_monai.data.segmentation import read_image_array, read_mask_array, resize_image, resize_mask
+from medue_monai.data.segmentation import (
+    load_segmentation_source,
+    read_image_array,
+    read_mask_array,
+    resize_image,
+    resize_mask,
+)
 from medue_monai.evaluation.report import reusable_clean_run
-from medue_monai.io.png import RESAMPLE_MODES, apply_delta_uint8, write_png
-from medue_monai.pipeline.segmentation import evaluate_segmentation
+from medue_monai.io import protector_path
+from medue_monai.io.png import RESAMPLE_MODES, apply_delta
+from medue_monai.pipeline.release import open_release, resolve_clean_source
+from medue_monai.pipeline.segmentation import evaluate_segmentation, original_region, write_protected_images
 from medue_monai.protectors import load_protector
 from medue_monai.utils import machine_record
-
-
-def _item_files(source: Path, item_id: str) -> tuple[Path, Path]:
-    return next((source / "images").glob(f"{item_id}.*")), next((source / "masks").glob(f"{item_id}.*"))
 
 
 def _linf_bound(protector) -> float | None:
@@ -47,33 +51,41 @@ def _linf_bound(protector) -> float | None:
     return budget["budget"] if budget["norm"] == "linf" else None
 
 
+def _training_records(protected: Path, limit: int | None = None):
+    """``(manifest, training records of the clean source)`` in the order the protector was fitted with."""
+    manifest, record = open_release(protected)
+    spec, root = resolve_clean_source(manifest, record)
+    source = load_segmentation_source(spec, data_root=root)
+    return manifest, source.subset(record["split"]["train"][:limit])
+
+
 def _batches(protected: Path, limit: int | None, batch_size: int = 16):
-    """``(ids, originals, working-size images, working-size masks)`` of the training split, in batches."""
-    manifest = json.loads((protected / "manifest.json").read_text())
-    source, size = Path(manifest["dataset"]["path"]), manifest["dataset"]["spatial_size"]
-    channels = manifest["dataset"]["in_channels"]
-    ids = manifest["split"]["train"][:limit]
-    for start in range(0, len(ids), batch_size):
-        chunk = ids[start : start + batch_size]
-        files = [_item_files(source, item_id) for item_id in chunk]
-        originals = [read_image_array(image) for image, _ in files]
+    """``(offset, originals, masks, working-size images, working-size masks)`` of the training split, in batches."""
+    manifest, records = _training_records(protected, limit)
+    size, channels = manifest["dataset"]["spatial_size"], manifest["dataset"]["in_channels"]
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        originals = [read_image_array(r.image) for r in chunk]
+        masks = [read_mask_array(r.label) for r in chunk]
         images = torch.stack([resize_image(original, size, channels) for original in originals])
-        masks = torch.stack([resize_mask(read_mask_array(mask), size) for _, mask in files])
-        yield chunk, originals, images, masks
+        working = torch.stack([resize_mask(mask, size) for mask in masks])
+        yield start, originals, masks, images, working
 
 
 def reach(protector, protected: Path, modes: list[str], limit: int | None) -> dict[str, dict[str, float]]:
     """Norm ratio, cosine and PSNR of the perturbation after write and read, per resample mode."""
     eps = _linf_bound(protector)
     stats = {mode: {"ratio": [], "cosine": [], "squared": 0.0, "count": 0} for mode in modes}
-    for _, originals, images, masks in _batches(protected, limit):
-        deltas = protector.perturb(images, masks).cpu()
-        for original, image, delta in zip(originals, images, deltas, strict=True):
+    for start, originals, masks, images, working in _batches(protected, limit):
+        deltas = protector.perturb(images, working, torch.arange(start, start + len(images))).cpu()
+        size = tuple(images.shape[-2:])
+        for original, mask, image, delta in zip(originals, masks, images, deltas, strict=True):
             if not delta.any():
                 continue
+            allowed = original_region(mask, *protector.release_region(*size), size)
             for mode in modes:
-                written = apply_delta_uint8(original, delta, eps, resample=mode)
-                seen = resize_image(written, tuple(image.shape[-2:]), image.shape[0]) - image
+                written = apply_delta(original, delta, eps, resample=mode, region=allowed)
+                seen = resize_image(written, size, image.shape[0]) - image
                 entry = stats[mode]
                 entry["ratio"].append(float(seen.norm() / delta.norm()))
                 entry["cosine"].append(float((seen * delta).sum() / (seen.norm() * delta.norm() + 1e-12)))
@@ -95,14 +107,19 @@ def rerelease(protector, protected: Path, folder: Path, mode: str) -> float:
     if folder.exists():
         shutil.rmtree(folder)
     shutil.copytree(protected, folder)
-    eps = _linf_bound(protector)
+    shutil.copyfile(protector_path(protected), protector_path(folder))
+    manifest, records = _training_records(protected)
     started = time.perf_counter()
-    for ids, originals, images, masks in _batches(protected, None):
-        deltas = protector.perturb(images, masks).cpu()
-        for item_id, original, delta in zip(ids, originals, deltas, strict=True):
-            write_png(folder / "images" / f"{item_id}.png", apply_delta_uint8(original, delta, eps, resample=mode))
+    write_protected_images(
+        protector,
+        {"train": records},
+        folder,
+        spatial_size=manifest["dataset"]["spatial_size"],
+        channels=manifest["dataset"]["in_channels"],
+        resample=mode,
+        progress=False,
+    )
     manifest_path = folder / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
     manifest["dataset"]["resample"] = mode
     manifest["note"] = f"training images re-released from {protected} with resample={mode} by release_resample.py"
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")

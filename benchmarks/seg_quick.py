@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.protected:
         protected = Path(args.protected)
         manifest = json.loads((protected / "manifest.json").read_text())
-        data = manifest["input"]["path"] if isinstance(manifest.get("input"), dict) else data
+        data = manifest["input"]["spec"] if isinstance(manifest.get("input"), dict) else data
         protect_seconds = None
     else:
         protected = work / "umed"

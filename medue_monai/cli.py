@@ -164,6 +164,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         protector_out=args.protector_out,
         resume=args.resume,
+        include_test=args.include_test,
     )
     if _is_segmentation_data(args.data):
         from .pipeline.segmentation import protect_segmentation
@@ -177,13 +178,19 @@ def cmd_protect(args: argparse.Namespace) -> int:
         from .pipeline.classification import protect_classification
 
         manifest = protect_classification(args.data, args.out, args.method, options, **common)
+    from .io import protector_path
+    from .pipeline.release import held_out_sentence
+
     budget = manifest.get("budget", {})
     realized = budget.get("realized", {})
+    counts = ", ".join(f"{n} {split}" for split, n in manifest["counts"].items() if not split.startswith("empty"))
     print(
-        f"protected {manifest['counts'].get('train')} training items with {manifest['method']} -> {args.out} "
-        f"(max|delta| {realized.get('linf_max', float('nan')):.5f}, pixels touched "
+        f"release -> {args.out}: {counts} images, every one protected with {manifest['method']} "
+        f"(training images: max|delta| {realized.get('linf_max', float('nan')):.5f}, pixels touched "
         f"{100 * realized.get('l0_share', float('nan')):.2f}%)\n"
-        f"fitted protector -> {manifest['protector']['path']} (keep it private: it removes the protection)"
+        f"{held_out_sentence(manifest['held_out'])}\n"
+        f"fitted protector -> {protector_path(args.out, args.protector_out)} (keep it private: it removes the "
+        "protection; evaluate needs it)"
     )
     return 0
 
@@ -203,6 +210,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         defense=args.defense,
         augmentation=args.augmentation,
         adversarial_eps=parse_fraction(args.adversarial_eps) if args.adversarial_eps is not None else None,
+        protector=args.protector,
     )
     if manifest.get("task") == "segmentation":
         from .pipeline.segmentation import evaluate_segmentation
@@ -283,10 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     protect = sub.add_parser(
         "protect",
         help="fit a protector on a dataset's training split and write the protected copy",
-        description="Fit a protector on the training split and write the protected dataset (same format and "
-        "dtype, val/test untouched) with manifest.json into --out: that folder is what you release. The fitted "
-        "protector is written OUTSIDE it (--protector-out): keep it private, whoever holds it can remove the "
-        "protection.",
+        description="Fit a protector on the training split and write the protected dataset (same format, dtype "
+        "and bit depth; every image in it protected; the held-out test images left out unless --include-test) "
+        "with manifest.json into --out: that folder is what you release. The fitted protector is written OUTSIDE "
+        "it (--protector-out): keep it private, whoever holds it can remove the protection.",
         formatter_class=formatter,
         epilog=methods_help(),
     )
@@ -316,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit",
         type=int,
         default=None,
-        help="protect only the first N training items (quick trials) (default: all)",
+        help="protect only the first N training items (quick trials; the held-out test split stays the same) "
+        "(default: all)",
     )
     protect.add_argument(
         "--spatial-size",
@@ -346,7 +355,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: <out>.protector.pt)",
     )
     protect.add_argument(
-        "--overwrite", action="store_true", help="replace an existing output folder and protector file"
+        "--include-test",
+        action="store_true",
+        help="also protect the held-out test images (MedMNIST's test split; 20%% of a folder) as unseen images "
+        "and put them into the release; without it they stay out so that evaluate can measure the protection on "
+        "their clean originals",
+    )
+    protect.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output folder and protector file, and discard an interrupted fit",
     )
     protect.add_argument(
         "--resume",
@@ -362,6 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=formatter,
     )
     evaluate.add_argument("--protected", required=True, help="folder written by `medue protect`")
+    evaluate.add_argument(
+        "--protector",
+        default=None,
+        help="the release's private protector file, which records the clean source and the held-out images "
+        "(default: <protected>.protector.pt)",
+    )
     evaluate.add_argument(
         "--recipe",
         default=None,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .io.atomic import check_output_dir
+from .utils import MedueError
 
 __all__ = ["run_demo", "DEMO_CLASSIFICATION", "DEMO_SEGMENTATION"]
 
@@ -107,8 +107,11 @@ def run_demo(
         The results per part.
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MedueError(f"{out}: exists and is not a folder; choose another --out")
     if out.exists() and any(out.iterdir()) and not (out / "demo.txt").exists():
-        check_output_dir(out)  # raises: never overwrite a folder that is not an earlier demo
+        # never replace a folder that is not an earlier demo's
+        raise MedueError(f"{out}: exists and is not an earlier demo's output; choose another --out")
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)

@@ -147,7 +147,9 @@ def test_protect_and_evaluate_unknown_exploiter(tmp_path, capsys):
     data = _npz(tmp_path / "x.npz")
     out = tmp_path / "out"
     assert main(["protect", "--method", "lsp", "--data", str(data), "--out", str(out), "--no-progress"]) == 0
-    assert "protected 12 training items with lsp" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "12 train, 4 val images, every one protected with lsp" in printed
+    assert "the 4 held-out test images are not in the release" in printed
     code = main(["evaluate", "--protected", str(out), "--exploiter", "alexnet", "--epochs", "1", "--device", "cpu"])
     assert code == 2 and "unknown exploiter" in capsys.readouterr().err
 
@@ -202,7 +204,8 @@ def test_protect_segmentation_folder_through_the_cli(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["images", "manifest.json", "masks"]
     assert json.loads((out / "manifest.json").read_text())["dataset"]["resample"] == "inverse"
     assert (tmp_path / "out.protector.pt").is_file()
-    assert len(list((out / "images").glob("*.png"))) == 6
+    # 5 training images; the sixth is held out of the release to measure the protection
+    assert len(list((out / "images").glob("*.png"))) == len(list((out / "masks").iterdir())) == 5
 
 
 def test_fitted_protector_stays_out_of_the_release(tmp_path, capsys):
@@ -220,7 +223,7 @@ def test_fitted_protector_stays_out_of_the_release(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "x.npz"]
     key = tmp_path / "release.protector.pt"
     record = read_manifest(out)["protector"]
-    assert record["path"] == str(key) and record["sha256"] == sha256_path(key) and record["private"] is True
+    assert record["sha256"] == sha256_path(key) and record["private"] is True and "path" not in record
     assert load_protector(key, device="cpu").fitted
     # an existing protector file is not replaced without --overwrite, and nothing else is written then
     other = tmp_path / "second"

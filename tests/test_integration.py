@@ -39,12 +39,18 @@ def test_protect_and_evaluate_breastmnist(shared_data, tmp_path, capsys):
         == 0
     )
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["method"] == "salm" and manifest["counts"] == {"train": 64, "val": 78, "test": 156}
+    assert manifest["method"] == "salm" and manifest["counts"] == {"train": 64, "val": 78}
+    assert manifest["held_out"]["split"] == "test" and manifest["held_out"]["count"] == 156
     with np.load(out / "breastmnist.npz") as written, np.load(path) as clean:
-        delta = written["train_images"].astype(int) - clean["train_images"][:64].astype(int)
-        assert np.abs(delta).max() <= 8
-        assert (delta != 0).reshape(64, -1).sum(axis=1).max() <= positions_to_keep(28 * 28, 10)
-        assert np.array_equal(written["test_images"], clean["test_images"])
+        # every image of the release is protected, within the budget and K %; the test split stays out
+        assert sorted(written.files) == ["train_images", "train_labels", "val_images", "val_labels"]
+        for split, count in (("train", 64), ("val", 78)):
+            delta = written[f"{split}_images"].astype(int) - clean[f"{split}_images"][:count].astype(int)
+            touched = (delta != 0).reshape(count, -1).sum(axis=1)
+            assert np.abs(delta).max() <= 8 and touched.min() > 0
+            assert touched.max() <= positions_to_keep(28 * 28, 10)
+            assert written[f"{split}_labels"].dtype == clean[f"{split}_labels"].dtype
+            assert np.array_equal(written[f"{split}_labels"], clean[f"{split}_labels"][:count])
     results_path = tmp_path / "results.json"
     assert (
         main(

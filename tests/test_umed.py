@@ -10,7 +10,7 @@ from ignite.engine import Events
 from monai.data import MetaTensor
 from PIL import Image
 
-from medue_monai.io.png import apply_delta_uint8, write_png
+from medue_monai.io.png import apply_delta, write_png
 from medue_monai.nets.cdc import CDConv2d, CDCUNet, texture_generator
 from medue_monai.protectors.base import load_protector
 from medue_monai.protectors.masks import contour_band, contour_radius, dilate_mask, roi_interior
@@ -286,7 +286,7 @@ def test_png_roundtrip_keeps_size_channels_budget(tmp_path) -> None:
         original = rng.integers(0, 256, size=shape, dtype=np.uint8)
         channels = 3 if len(shape) == 3 else 1
         delta = torch.empty(channels, 16, 16).uniform_(-3 * EPS, 3 * EPS)
-        written = apply_delta_uint8(original, delta, EPS)
+        written = apply_delta(original, delta, EPS)
         path = write_png(tmp_path / f"x{len(shape)}.png", written)
         back = np.array(Image.open(path))
         assert back.shape == original.shape and back.dtype == np.uint8

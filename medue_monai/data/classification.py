@@ -23,8 +23,9 @@ class ClassificationSource:
 
     Attributes:
         name: short name (e.g. ``breastmnist``) used in manifests and reports.
-        arrays: the npz keys (``train_images``, ``train_labels``, ``val_images``, ...). Images are
-            ``(N, H, W)`` or ``(N, H, W, C)`` integer arrays, labels ``(N, 1)``.
+        arrays: the npz keys (``train_images``, ``train_labels``, ``val_images``, ...) exactly as stored: their
+            dtype and shape are what a release writes back. Images are ``(N, H, W)``, ``(N, H, W, 1)`` or
+            ``(N, H, W, 3)`` integer arrays, labels ``(N,)`` or ``(N, 1)``.
         path: the file the arrays came from, or ``None`` for in-process data.
         extra_keys: npz keys other than the six split arrays, carried through unchanged on write.
     """
@@ -35,12 +36,24 @@ class ClassificationSource:
     extra_keys: list[str] = field(default_factory=list)
 
     def images(self, split: str) -> np.ndarray:
-        """Return the image array of a split."""
-        return self.arrays[f"{split}_images"]
+        """Return the image array of a split as ``(N, H, W)`` (grey, a trailing channel axis of 1 dropped) or
+        ``(N, H, W, 3)``: a view of the stored array."""
+        return self.images_of(self.arrays[f"{split}_images"])
+
+    @staticmethod
+    def images_of(stored: np.ndarray) -> np.ndarray:
+        """An image array in the stored layout (e.g. read back from a release) laid out as :meth:`images`."""
+        return stored[..., 0] if stored.ndim == 4 and stored.shape[-1] == 1 else stored
 
     def labels(self, split: str) -> np.ndarray:
-        """Return the ``(N, 1)`` label array of a split."""
-        return self.arrays[f"{split}_labels"]
+        """Return the labels of a split as an ``(N, 1)`` int64 array (the stored array keeps its own dtype)."""
+        return np.asarray(self.arrays[f"{split}_labels"]).reshape(-1, 1).astype(np.int64, copy=False)
+
+    def as_stored(self, key: str, values: np.ndarray) -> np.ndarray:
+        """``values`` (laid out as :meth:`images` / :meth:`labels` return them) in the stored shape and dtype of
+        ``key``, ready to be written back."""
+        stored = self.arrays[key]
+        return np.asarray(values).reshape((len(values), *stored.shape[1:])).astype(stored.dtype, copy=False)
 
     @property
     def num_classes(self) -> int:
@@ -122,7 +135,7 @@ def load_classification_source(
         path: source file, recorded for messages and manifests.
 
     Returns:
-        The source, with labels reshaped to ``(N, 1)`` int64 and images kept in their dtype.
+        The source, every array kept as stored (dtype and shape).
 
     Raises:
         MedueError: on missing keys, bad shapes, multi-label data or non-finite pixels.
@@ -132,12 +145,13 @@ def load_classification_source(
     data: dict[str, np.ndarray] = {}
     for split in SPLITS:
         images = np.asarray(arrays[f"{split}_images"])
-        if images.ndim == 4 and images.shape[-1] == 1:
-            images = images[..., 0]
         if images.dtype != np.uint8:
             raise MedueError(f"{origin}: {split}_images has dtype {images.dtype}; MedMNIST npz must be uint8")
+        labels = np.asarray(arrays[f"{split}_labels"])
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise MedueError(f"{origin}: {split}_labels has dtype {labels.dtype}; class labels must be integers")
         data[f"{split}_images"] = images
-        data[f"{split}_labels"] = np.asarray(arrays[f"{split}_labels"]).reshape(-1, 1).astype(np.int64)
+        data[f"{split}_labels"] = labels
     extra = [k for k in arrays.keys() if k not in data]
     for key in extra:
         data[key] = np.asarray(arrays[key])

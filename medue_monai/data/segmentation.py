@@ -20,6 +20,7 @@ from monai.data import MetaTensor
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from ..io.paths import check_item_id, check_unique_ids
 from ..transforms.defenses import apply_defense_to_pair, check_defense
 from ..utils import MedueError
 
@@ -53,6 +54,7 @@ class SegmentationRecord:
         size: ``(H, W)`` of the image (read from the file header).
         channels: 1 for grey images, 3 for colour ones.
         format: the image's file format as PIL names it (``JPEG``, ``PNG``, ...).
+        dtype: the dtype its pixels are read and released with (``uint8`` or ``uint16``).
     """
 
     id: str
@@ -61,6 +63,7 @@ class SegmentationRecord:
     size: tuple[int, int]
     channels: int
     format: str
+    dtype: str = "uint8"
 
 
 @dataclass
@@ -95,36 +98,65 @@ class SegmentationSource:
         return [by_id[i] for i in ids]
 
 
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
 def _channels_of(mode: str) -> int:
-    return 1 if mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F") else 3
+    return 1 if mode in ("1", "L", "F", *_SIXTEEN_BIT_MODES) else 3
+
+
+def _png_colour_depth(path: Path) -> tuple[int, int] | None:
+    """``(bit depth, colour type)`` from a PNG's IHDR chunk, or ``None`` for another format."""
+    with open(path, "rb") as handle:
+        head = handle.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return head[24], head[25]
 
 
 def _probe(path: Path) -> tuple[tuple[int, int], str, str]:
-    """Return ``((H, W), mode, format)`` from the header, raising MedueError when unreadable."""
+    """Return ``((H, W), mode, format)`` from the header, raising MedueError when unreadable or unsupported."""
     try:
         with Image.open(path) as image:
             width, height = image.size
-            return (int(height), int(width)), image.mode, str(image.format)
+            mode, fmt = image.mode, str(image.format)
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise MedueError(f"{path}: cannot read image ({err})") from err
+    if mode == "F":
+        raise MedueError(f"{path}: 32-bit float images are not supported; store 8- or 16-bit integer images")
+    if fmt == "PNG" and mode in ("RGB", "RGBA"):
+        depth = _png_colour_depth(path)
+        if depth is not None and depth[0] == 16:
+            raise MedueError(
+                f"{path}: 16-bit colour PNGs are not supported (they cannot be read without losing 8 bits); "
+                "store 16-bit grey or 8-bit colour images"
+            )
+    return (int(height), int(width)), mode, fmt
+
+
+def image_dtype(mode: str) -> str:
+    """The dtype an image of this PIL mode is read with: ``uint16`` for 16-bit grey, else ``uint8``."""
+    return "uint16" if mode in _SIXTEEN_BIT_MODES else "uint8"
 
 
 def read_image_array(path: str | Path) -> np.ndarray:
-    """Read an image file as ``uint8`` ``(H, W)`` (grey) or ``(H, W, 3)`` (colour).
+    """Read an image file at its own bit depth: ``uint8`` ``(H, W)`` / ``(H, W, 3)``, or ``uint16`` ``(H, W)``.
 
-    16-bit grey images are scaled to 8 bits; palette / RGBA / CMYK images become RGB.
+    16-bit grey images stay 16-bit (a 32-bit integer image must hold values in 0..65535); palette / RGBA /
+    CMYK images become RGB; bilevel images become 8-bit grey.
 
     Raises:
-        MedueError: when the file cannot be decoded.
+        MedueError: when the file cannot be decoded or holds values a 16-bit image cannot.
     """
     path = Path(path)
     try:
         with Image.open(path) as image:
             image.load()
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(image, dtype=np.float64)
-                top = 65535.0 if array.max() > 255 else 255.0
-                return np.clip(np.rint(array / top * 255.0), 0, 255).astype(np.uint8)
+            if image.mode in _SIXTEEN_BIT_MODES:
+                array = np.asarray(image)
+                if array.size and (array.min() < 0 or array.max() > 65535):
+                    raise MedueError(f"{path}: integer image with values outside 0..65535")
+                return array.astype(np.uint16)
             if _channels_of(image.mode) == 1:
                 return np.array(image.convert("L"), dtype=np.uint8)
             return np.array(image.convert("RGB"), dtype=np.uint8)
@@ -147,13 +179,17 @@ def read_mask_array(path: str | Path) -> np.ndarray:
     return (grey > 127).astype(np.uint8)
 
 
-def _files_by_stem(folder: Path) -> dict[str, Path]:
+def _files_by_stem(folder: Path, check_ids: bool = False) -> dict[str, Path]:
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
             if path.stem in files:
                 raise MedueError(f"{path}: two files share the stem {path.stem!r} in {folder}")
+            if check_ids:
+                check_item_id(path.stem, path)
             files[path.stem] = path
+    if check_ids:
+        check_unique_ids(files, folder)
     return files
 
 
@@ -164,7 +200,7 @@ def _record(item_id: str, image: Path, label: Path) -> SegmentationRecord:
         raise MedueError(
             f"{label}: mask size {mask_size[1]}x{mask_size[0]} differs from its image {image} ({size[1]}x{size[0]})"
         )
-    return SegmentationRecord(item_id, image, label, size, _channels_of(mode), fmt)
+    return SegmentationRecord(item_id, image, label, size, _channels_of(mode), fmt, image_dtype(mode))
 
 
 def _load_folder(root: Path) -> SegmentationSource:
@@ -172,7 +208,7 @@ def _load_folder(root: Path) -> SegmentationSource:
     mask_dir = next((root / name for name in MASK_FOLDERS if (root / name).is_dir()), None)
     if not image_dir.is_dir() or mask_dir is None:
         raise MedueError(f"{root}: a segmentation folder needs images/ and masks/ (or labels/) subfolders")
-    images, masks = _files_by_stem(image_dir), _files_by_stem(mask_dir)
+    images, masks = _files_by_stem(image_dir, check_ids=True), _files_by_stem(mask_dir)
     for stem, path in images.items():
         if stem not in masks:
             raise MedueError(f"{path}: image has no mask in {mask_dir}")
@@ -205,10 +241,10 @@ def _load_datalist(path: Path, data_root: str | Path | None) -> SegmentationSour
         for file, what in ((image, "image"), (label, "mask")):
             if not file.is_file():
                 raise MedueError(f"{file}: {what} listed in {path} does not exist")
-        item_id = str(entry.get("id", Path(entry["image"]).stem))
-        if item_id in seen:
-            raise MedueError(f"{image}: duplicate id {item_id!r} in {path}")
-        seen.add(item_id)
+        item_id = check_item_id(entry.get("id", Path(str(entry["image"])).stem), f"{path} (training entry {number})")
+        if item_id.lower() in seen:
+            raise MedueError(f"{path}: duplicate id {item_id!r} (training entry {number}); ids must be unique")
+        seen.add(item_id.lower())
         records.append(_record(item_id, image, label))
     records.sort(key=lambda r: r.id)
     return SegmentationSource(path.stem, path, "datalist", records)
@@ -281,9 +317,11 @@ def resample_image(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def resize_image(array: np.ndarray, spatial_size: int | tuple[int, int], channels: int) -> torch.Tensor:
-    """uint8 ``(H, W[, C])`` -> float ``(channels, h, w)`` in [0, 1], with :func:`resample_image`."""
+    """uint8 / uint16 ``(H, W[, C])`` -> float ``(channels, h, w)`` in [0, 1] (the dtype's top maps to 1),
+    with :func:`resample_image`."""
     size = (spatial_size, spatial_size) if isinstance(spatial_size, int) else tuple(spatial_size)
-    tensor = torch.from_numpy(np.ascontiguousarray(array)).float().div_(255.0)
+    top = 65535.0 if array.dtype == np.uint16 else 255.0
+    tensor = torch.from_numpy(np.ascontiguousarray(array).astype(np.float32)).div_(top)
     tensor = tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
     if tensor.shape[0] != channels:
         tensor = tensor.expand(channels, -1, -1) if tensor.shape[0] == 1 else tensor.mean(0, keepdim=True)
@@ -364,6 +402,8 @@ class SegmentationDataset(Dataset):
         if mask.shape != image.shape[:2]:
             raise MedueError(f"{record.label}: mask size differs from its image {record.image}")
         if self.defense != "none":
+            if image.dtype == np.uint16:  # the defenses work on 8-bit images, as a trainer's JPEG or filter would
+                image = np.rint(image / 257.0).astype(np.uint8)
             image, mask = apply_defense_to_pair(image, mask, self.defense)
         meta = {
             "filename_or_obj": str(record.image),

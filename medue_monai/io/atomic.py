@@ -22,6 +22,13 @@ def _refuse_input_overlap(out: Path, inputs: tuple[str | Path, ...], what: str) 
             raise MedueError(f"{out}: {what} overlaps the input {source}; originals are never modified")
 
 
+def _current_umask() -> int:
+    """The process's umask (the standard library can only read it by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def check_output_dir(out: str | Path, overwrite: bool = False, inputs: tuple[str | Path, ...] = ()) -> Path:
     """Validate an output folder before any work starts.
 
@@ -58,6 +65,8 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
+        # mkdtemp makes the folder private (0700); a release folder gets the user's usual mode, as mkdir would
+        tmp.chmod(0o777 & ~_current_umask())
         yield tmp
         if out.exists():
             if not overwrite and (not out.is_dir() or any(out.iterdir())):

@@ -1,4 +1,10 @@
-"""manifest.json: what was protected, how, with what, and checksums of input and output."""
+"""manifest.json: what was protected, how, with what, and checksums of input and output; and the private record.
+
+The manifest travels with the release, so it names files relative to the release folder and the source
+by the spec as the user gave it and its checksum: no machine paths. What only the data owner needs (where
+the clean source lies, which images were held out to measure the protection) goes into the private
+record, stored inside the fitted protector file beside the release (:func:`read_private_record`).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,15 @@ import torch
 from .. import __version__
 from ..utils import sha256_path
 
-__all__ = ["MANIFEST_NAME", "build_manifest", "protector_record", "write_manifest", "read_manifest"]
+__all__ = [
+    "MANIFEST_NAME",
+    "build_manifest",
+    "private_record",
+    "protector_record",
+    "read_manifest",
+    "read_private_record",
+    "write_manifest",
+]
 
 MANIFEST_NAME = "manifest.json"
 
@@ -37,7 +51,7 @@ def build_manifest(
         method: protector name.
         options: every option of the protector (its ``config()``) and of the command.
         seed: the seed used.
-        source: input file or folder (hashed), or ``None`` for in-process data.
+        source: input file or folder (hashed; its path is not recorded), or ``None`` for in-process data.
         data_spec: the data spec the user gave.
         output_files: files written, relative name -> path (hashed).
         counts: per-split item counts.
@@ -54,11 +68,7 @@ def build_manifest(
         "method": method,
         "seed": seed,
         "options": options,
-        "input": {
-            "spec": data_spec,
-            "path": str(source) if source else None,
-            "sha256": sha256_path(source) if source else None,
-        },
+        "input": {"spec": data_spec, "sha256": sha256_path(source) if source else None},
         "output": {name: {"sha256": sha256_path(path)} for name, path in output_files.items()},
         "counts": counts,
         "environment": {"python": platform.python_version(), "torch": torch.__version__},
@@ -92,19 +102,83 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         raise MedueError(f"{path}: invalid JSON ({err})") from err
 
 
-def protector_record(path: str | Path, written: str | Path | None = None) -> dict[str, Any]:
-    """Manifest entry for the fitted protector kept outside the release folder.
+def protector_record(written: str | Path) -> dict[str, Any]:
+    """Release-manifest entry for the fitted protector kept outside the release folder (no path).
 
     Args:
-        path: the protector's final path.
-        written: the file to hash when it is still at a temporary path (default ``path``).
+        written: the protector file to hash (it may still be at its temporary path).
 
     Returns:
-        ``{"path", "sha256", "private", "note"}``.
+        ``{"sha256", "private", "note"}``.
     """
     return {
-        "path": str(path),
-        "sha256": sha256_path(written if written is not None else path),
+        "sha256": sha256_path(written),
         "private": True,
-        "note": "keep this file private and out of the release: whoever holds it can remove the protection",
+        "note": "kept outside the release; whoever holds it can remove the protection",
     }
+
+
+def private_record(
+    *,
+    spec: str,
+    source: str | Path | None,
+    data_root: str | Path | None,
+    release: str | Path,
+    held_out: dict[str, Any],
+    split: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """What the data owner needs to evaluate a release and that must not travel with it.
+
+    Args:
+        spec: the data spec as given.
+        source: the resolved source file or folder, or ``None`` for in-process data.
+        data_root: the data root given, if any.
+        release: the release folder.
+        held_out: ``{"split": name, "count": n, "in_release": bool}`` for the images kept to measure the protection.
+        split: the train / test ids of a folder source.
+
+    Returns:
+        A JSON-like dictionary of plain types (stored in the protector file, loadable with ``weights_only=True``).
+    """
+    return {
+        "spec": spec,
+        "source": str(Path(source).resolve()) if source else None,
+        "data_root": str(Path(data_root).resolve()) if data_root else None,
+        "release": str(Path(release).resolve()),
+        "held_out": dict(held_out),
+        "split": {name: list(ids) for name, ids in (split or {}).items()},
+    }
+
+
+def read_private_record(path: str | Path, release: str | Path | None = None) -> dict[str, Any]:
+    """Read the private record from a fitted protector file (``torch.load(..., weights_only=True)``).
+
+    Args:
+        path: the protector file (``<release>.protector.pt`` by default).
+        release: the release folder it belongs to, for the error messages.
+
+    Returns:
+        The record written by :func:`private_record`.
+
+    Raises:
+        MedueError: when the file is missing, unreadable or holds no record.
+    """
+    import torch
+
+    from ..utils import MedueError
+
+    path = Path(path)
+    whose = f" of {release}" if release is not None else ""
+    if not path.is_file():
+        raise MedueError(
+            f"{path}: the private protector file{whose} is missing; it records the clean source and the held-out "
+            "images needed to evaluate (pass its path with --protector)"
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise MedueError(f"{path}: cannot read the protector file ({err})") from err
+    record = payload.get("record") if isinstance(payload, dict) else None
+    if not isinstance(record, dict):
+        raise MedueError(f"{path}: the protector file holds no private record (written by an older version?)")
+    return record

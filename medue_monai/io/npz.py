@@ -1,4 +1,4 @@
-"""Write a protected MedMNIST-style npz: train split replaced, other keys untouched, dtype kept."""
+"""Write a protected MedMNIST-style npz: the released splits protected, every array's dtype and shape kept."""
 
 from __future__ import annotations
 
@@ -7,31 +7,36 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .quantize import dtype_top, quantize_change
+
 __all__ = ["quantize_protected", "write_npz"]
 
 
-def quantize_protected(clean: np.ndarray, protected: torch.Tensor, eps: float | None) -> np.ndarray:
-    """Map protected float images in [0, 1] back to uint8, keeping the L-inf budget on the written values.
+def quantize_protected(
+    clean: np.ndarray, protected: torch.Tensor, eps: float | None, l2: float | None = None
+) -> np.ndarray:
+    """Map protected float images in [0, 1] back to the clean images' integer dtype, keeping the budget.
 
-    ``round(255 * x_protected)`` is clipped to ``clean +- floor(255 * eps + 1e-6)`` so the released
-    file satisfies ``max |written - clean| / 255 <= eps`` exactly, whatever rounding did.
+    The change ``protected - clean`` goes through :func:`~medue_monai.io.quantize.quantize_change`: with an
+    L-inf ``eps`` the written file satisfies ``max |written - clean| / top <= eps`` exactly (``top`` = 255 for
+    uint8, 65535 for uint16); with a per-image ``l2`` budget ``||written - clean|| / top <= l2``.
 
     Args:
-        clean: ``(N, H, W)`` or ``(N, H, W, C)`` uint8 originals.
-        protected: ``(N, C, H, W)`` float tensor in [0, 1].
-        eps: the L-inf budget in [0, 1] units, or ``None`` for methods with an L2 budget (no clip).
+        clean: ``(N, H, W[, D])`` or ``(N, H, W, C)`` uint8 / uint16 originals (a last axis of 1 or 3 is channels
+            only when the tensor has one more axis than the spatial ones, see ``protected``).
+        protected: ``(N, C, ...)`` float tensor in [0, 1].
+        eps: the L-inf budget in [0, 1] units, or ``None``.
+        l2: the per-image L2 budget in [0, 1] units (methods with an L2 norm), or ``None``.
 
     Returns:
-        uint8 array with ``clean``'s shape.
+        The written array, with ``clean``'s shape and dtype.
     """
-    array = protected.detach().cpu().float().numpy()
-    array = array[:, 0] if clean.ndim == 3 else np.moveaxis(array, 1, -1)
-    values = np.rint(np.clip(array, 0.0, 1.0) * 255.0)
-    if eps is not None:
-        limit = np.floor(255.0 * eps + 1e-6)
-        base = clean.astype(np.float64)
-        values = np.clip(values, base - limit, base + limit)
-    return np.clip(values, 0, 255).astype(np.uint8)
+    top = dtype_top(clean.dtype)
+    array = protected.detach().cpu().double().numpy()
+    spatial = array.ndim - 2
+    array = array[:, 0] if clean.ndim == spatial + 1 else np.moveaxis(array, 1, -1)
+    array = array.reshape(clean.shape)
+    return quantize_change(clean, array - clean.astype(np.float64) / top, eps=eps, l2=l2)
 
 
 def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:

@@ -1,9 +1,10 @@
-"""Lossless PNG writers for protected segmentation images, at the original size and channel count.
+"""Lossless PNG writers for protected segmentation images, at the original size, channel count and bit depth.
 
 Protectors work at a resized working size. The writer brings the perturbation (not the image) back
-to the original size, adds it to the ORIGINAL pixels, and clips the result to ``original +-
-floor(255 * eps)`` so the L-inf budget holds on the written file. Output is always PNG: JPEG's lossy
-compression would erase most of the perturbation, so a JPEG source is noted in the manifest.
+to the original size, confines it to the method's region there (region-confined methods), adds it to
+the ORIGINAL pixels and quantizes in the file's own levels (``original +- floor(top * eps)``, top = 255
+for 8-bit and 65535 for 16-bit images), so the budget holds on the written file. Output is always PNG:
+JPEG's lossy compression would erase most of the perturbation, so a JPEG source is noted in the manifest.
 
 Bringing the perturbation back to the original size (:func:`upsample_delta`) loses part of it:
 whoever trains on the release shrinks the images again, and shrinking with antialiasing after a
@@ -31,8 +32,10 @@ from PIL import Image
 
 from ..data.segmentation import resample_image
 from ..utils import MedueError
+from .paths import inside
+from .quantize import quantize_change
 
-__all__ = ["RESAMPLE_MODES", "apply_delta_uint8", "copy_mask", "upsample_delta", "write_png"]
+__all__ = ["RESAMPLE_MODES", "apply_delta", "copy_mask", "upsample_delta", "write_png"]
 
 RESAMPLE_MODES = ("bilinear", "inverse")
 
@@ -117,30 +120,46 @@ def upsample_delta(
     return upsampled[0]
 
 
-def apply_delta_uint8(
-    original: np.ndarray, delta: torch.Tensor, eps: float | None, resample: str = "bilinear", steps: int = 10
+def apply_delta(
+    original: np.ndarray,
+    delta: torch.Tensor,
+    eps: float | None,
+    resample: str = "bilinear",
+    steps: int = 10,
+    region: np.ndarray | None = None,
+    l2: float | None = None,
 ) -> np.ndarray:
-    """Add a working-size perturbation to an original uint8 image and quantize, keeping the budget.
+    """Add a working-size perturbation to an original integer image and quantize, keeping the budget.
+
+    The perturbation is brought to the original size (:func:`upsample_delta`), set to zero outside
+    ``region`` (a region-confined method's allowed pixels at the ORIGINAL size: resizing spreads a
+    working-size perturbation by about one working pixel, and the working-size mask is itself a resized
+    copy), and quantized in the file's own levels (:func:`~medue_monai.io.quantize.quantize_change`).
 
     Args:
-        original: ``(H, W)`` or ``(H, W, C)`` uint8 original pixels.
+        original: ``(H, W)`` or ``(H, W, C)`` uint8 or uint16 original pixels.
         delta: ``(C', h, w)`` float perturbation in [0, 1] units at the working size; ``C'`` may be 3
             for a grey original (the channel mean is used) or 1 for a colour one (broadcast).
-        eps: L-inf budget in [0, 1] units; ``None`` skips the budget clip (the ``"inverse"`` enlargement
-            is then bounded by ``max |delta|``).
+        eps: L-inf budget in [0, 1] units (``max |written - original| <= floor(top * eps)`` levels, top = 255
+            or 65535); ``None`` for methods with an L2 budget (the ``"inverse"`` enlargement is then bounded by
+            ``max |delta|``).
         resample: how the perturbation reaches the original size (:func:`upsample_delta`).
         steps: gradient steps of ``resample="inverse"``.
+        region: ``(H, W)`` mask of the pixels that may change (non-zero = allowed), or ``None`` for all.
+        l2: L2 budget in [0, 1] units at the working size (L2 methods): the written change, rescaled to the
+            working size (``||change|| sqrt(C' h w / (C H W))``), stays within it.
 
     Returns:
-        uint8 array with ``original``'s shape.
+        The written array, with ``original``'s shape and dtype.
 
     Raises:
-        MedueError: for an unknown ``resample`` mode.
+        MedueError: for an unknown ``resample`` mode, or a region of another size.
     """
     height, width = original.shape[:2]
     delta = torch.as_tensor(delta).detach().float().cpu()
     if delta.ndim == 2:
         delta = delta[None]
+    working_values = delta.numel()
     channels = 1 if original.ndim == 2 else original.shape[2]
     if delta.shape[0] != channels and channels == 1:
         delta = delta.mean(0, keepdim=True)
@@ -148,34 +167,47 @@ def apply_delta_uint8(
     if delta.shape[0] != channels:
         delta = delta.expand(channels, -1, -1)
     delta = delta[0] if original.ndim == 2 else delta.permute(1, 2, 0)
-    base = torch.from_numpy(np.ascontiguousarray(original)).float()
-    values = torch.round(base + delta * 255.0)  # float32 is exact for these integer grey levels
-    if eps is not None:
-        limit = float(np.floor(255.0 * eps + 1e-6))
-        values = torch.minimum(torch.maximum(values, base - limit), base + limit)
-    return values.clamp_(0, 255).to(torch.uint8).numpy()
+    change = delta.double().numpy()
+    if region is not None:
+        if tuple(region.shape) != (height, width):
+            raise MedueError(f"region mask of shape {tuple(region.shape)} for an image of {height}x{width}")
+        allowed = np.asarray(region) > 0
+        change = change * (allowed if original.ndim == 2 else allowed[..., None])
+    scale = float(np.sqrt(working_values / original.size))
+    return quantize_change(original[None], change[None], eps=eps, l2=l2, l2_scale=scale)[0]
 
 
 def write_png(path: str | Path, array: np.ndarray) -> Path:
-    """Write a uint8 ``(H, W)`` or ``(H, W, 3)`` array as a lossless PNG.
+    """Write a uint8 ``(H, W)`` / ``(H, W, 3|4)`` or a uint16 ``(H, W)`` array as a lossless PNG.
 
     Raises:
-        MedueError: for a non-uint8 array or an unsupported channel count.
+        MedueError: for another dtype or an unsupported channel count (Pillow writes 16-bit grey only).
     """
     path = Path(path)
-    if array.dtype != np.uint8:
-        raise MedueError(f"{path}: PNG writer expects uint8 pixels, got {array.dtype}")
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
+    if array.dtype == np.uint16:
+        if array.ndim != 2:
+            raise MedueError(f"{path}: 16-bit PNGs are written for grey images only, got shape {array.shape}")
+        Image.fromarray(array).save(path, format="PNG", optimize=False, compress_level=1)
+        return path
+    if array.dtype != np.uint8:
+        raise MedueError(f"{path}: PNG writer expects uint8 or uint16 pixels, got {array.dtype}")
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
         raise MedueError(f"{path}: cannot write an array of shape {array.shape} as PNG")
     Image.fromarray(array).save(path, format="PNG", optimize=False, compress_level=1)
     return path
 
 
-def copy_mask(source: str | Path, folder: str | Path) -> Path:
-    """Copy a mask file byte for byte into ``folder`` (masks are released unchanged)."""
+def copy_mask(source: str | Path, folder: str | Path, item_id: str) -> Path:
+    """Copy a mask file byte for byte into ``folder`` as ``<item_id><its suffix>`` (masks are released unchanged).
+
+    Naming the copy by the item's id keeps masks that share a file name in different source folders apart.
+
+    Raises:
+        MedueError: when the name would leave ``folder`` (ids are checked by the sources already).
+    """
     source = Path(source)
-    target = Path(folder) / source.name
+    target = inside(folder, f"{item_id}{source.suffix.lower()}", "mask path")
     shutil.copyfile(source, target)
     return target

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from monai.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -33,27 +32,41 @@ from ..io import (
     protector_path,
     protector_record,
     quantize_protected,
-    read_manifest,
     write_manifest,
 )
+from ..io.manifest import private_record
 from ..io.npz import write_npz
+from ..io.paths import inside
 from ..protectors import get_protector_class
 from ..transforms.defenses import apply_defense
 from ..utils import MedueError, resolve_device, set_seed
+from .release import held_out_entry, open_release, resolve_clean_source
 from .resume import attach_fit_checkpoint
 
 __all__ = ["protect_classification", "evaluate_classification"]
 
 
-def _apply(protector, source: ClassificationSource, batch_size: int, num_workers: int, progress: bool) -> torch.Tensor:
-    """Protected float train images ``(N, C, H, W)`` from the fitted protector, in dataset order."""
-    dataset = source.dataset("train")
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    outputs = []
-    for batch in tqdm(loader, desc=f"{protector.name} apply", disable=not progress):
+def _protect_split(
+    protector, source: ClassificationSource, split: str, batch_size: int, num_workers: int, progress: bool
+) -> np.ndarray:
+    """The written (quantized) images of one split, in the source's stored layout, batch by batch.
+
+    The training split gets the perturbations learned for its items (``index``); the other splits are
+    unseen images, protected by the fitted protector as such (``indices=None``).
+    """
+    budget = protector.budget_info()
+    eps = budget["budget"] if budget["norm"] == "linf" else None
+    l2 = budget["budget"] if budget["norm"] == "l2" else None
+    clean = source.images(split)
+    loader = DataLoader(source.dataset(split), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    written, start = [], 0
+    for batch in tqdm(loader, desc=f"{protector.name} protect {split}", disable=not progress):
         images = batch["image"].as_tensor()
-        outputs.append(protector.protect(images, batch["label"], batch["index"]).cpu())
-    return torch.cat(outputs)
+        indices = batch["index"] if split == "train" else None
+        protected = protector.protect(images, batch["label"], indices).cpu()
+        written.append(quantize_protected(clean[start : start + len(images)], protected, eps, l2))
+        start += len(images)
+    return source.as_stored(f"{split}_images", np.concatenate(written))
 
 
 def protect_classification(
@@ -72,15 +85,19 @@ def protect_classification(
     progress: bool = True,
     protector_out: str | Path | None = None,
     resume: bool = False,
+    include_test: bool = False,
 ) -> dict[str, Any]:
     """Fit a protector on the training split and write the protected dataset.
 
-    The output folder (the release) holds ``<name>.npz`` (same keys and dtype as the input;
-    ``train_images`` replaced, val/test untouched) and ``manifest.json``. The fitted protector
-    (loadable with ``weights_only=True``) goes OUTSIDE it, to ``protector_out`` (default
-    ``<out>.protector.pt``): it is the key that removes the protection, so keep it private. Both are
-    written to temporary paths and renamed at the end, so a failure leaves nothing behind; the input is
-    never modified.
+    The output folder (the release) holds ``<name>.npz`` and ``manifest.json``. Every image in the npz is
+    protected: ``train_images`` with the perturbations learned for them, ``val_images`` (and ``test_images``
+    with ``include_test``) by the fitted protector as unseen images; labels and any other keys are copied with
+    their dtype and shape. The ``test`` split is held out by default (not in the release) so that
+    ``medue evaluate`` can measure the protection on clean images. The fitted protector (loadable with
+    ``weights_only=True``), with the private record of where the clean source lies, goes OUTSIDE the release,
+    to ``protector_out`` (default ``<out>.protector.pt``): it is the key that removes the protection, so
+    keep it private. Both are written to temporary paths and renamed at the end, so a failure leaves
+    nothing behind; the input is never modified.
 
     Args:
         data: ``medmnist:<name>``, a path to a MedMNIST npz, or ``synthetic[:...]``.
@@ -89,8 +106,8 @@ def protect_classification(
         options: extra constructor options of the protector (e.g. ``{"eps": 8/255, "k": 10}``).
         seed: random seed (recorded).
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
-        overwrite: replace an existing output folder.
-        limit: protect only the first ``limit`` training items (for quick trials).
+        overwrite: replace an existing output folder and protector file (and discard an interrupted fit).
+        limit: protect only the first ``limit`` training items (for quick trials); ``None``: all.
         data_root: folder with MedMNIST npz files.
         batch_size: loader batch size (default: the protector's ``batch_size`` option, else 64).
         num_workers: DataLoader workers.
@@ -98,6 +115,8 @@ def protect_classification(
         protector_out: path of the fitted protector (default ``<out>.protector.pt``; never inside ``out``).
         resume: continue an interrupted fit from ``<protector file>.resume`` (resumable methods save it
             after every epoch and delete it when the output is written).
+        include_test: also protect the held-out ``test`` split (as unseen images) and write it into the
+            release, so it holds the whole dataset (default ``False``: the test split stays out).
 
     Returns:
         The manifest written.
@@ -124,23 +143,25 @@ def protect_classification(
     if "val_loader" in inspect.signature(protector.fit).parameters:  # SEP/TAP score checkpoints on MedMNIST's val
         fit_kwargs["val_loader"] = DataLoader(source.dataset("val"), batch_size=batch_size, num_workers=num_workers)
     run = {"data": data, "seed": seed, "limit": limit, "batch_size": batch_size}
-    checkpoint = attach_fit_checkpoint(protector, protector_file, source.path, run, resume)
+    checkpoint = attach_fit_checkpoint(protector, protector_file, source.path, run, resume, overwrite)
     started = time.perf_counter()
     protector.fit(loader, source.num_classes, len(train), **fit_kwargs)
     fit_seconds = time.perf_counter() - started
+    splits = ("train", "val", "test") if include_test else ("train", "val")
     started = time.perf_counter()
-    protected = _apply(protector, source, batch_size, num_workers, progress)
+    written = {split: _protect_split(protector, source, split, batch_size, num_workers, progress) for split in splits}
     apply_seconds = time.perf_counter() - started
+    arrays = {key: value for key, value in source.arrays.items() if not key.startswith("test_") or include_test}
+    for split in splits:
+        arrays[f"{split}_images"] = written[split]
+    realized = {split: budget_metrics(source.arrays[f"{split}_images"], written[split]) for split in splits}
     budget = protector.budget_info()
-    clean_train = source.images("train")
-    written = quantize_protected(clean_train, protected, budget["budget"] if budget["norm"] == "linf" else None)
-    arrays = dict(source.arrays)
-    arrays["train_images"] = written
-    realized = budget_metrics(clean_train, written)
+    held_out = held_out_entry("test", len(source.images("test")), include_test)
     file_name = f"{source.name}.npz"
+    record = private_record(spec=data, source=source.path, data_root=data_root, release=out, held_out=held_out)
     with atomic_output_file(protector_file, overwrite) as saved, atomic_output_dir(out, overwrite) as folder:
         write_npz(folder / file_name, arrays)
-        protector.save(saved)
+        protector.save(saved, record=record)
         manifest = build_manifest(
             task="classification",
             method=method,
@@ -149,7 +170,7 @@ def protect_classification(
             source=source.path,
             data_spec=data,
             output_files={file_name: folder / file_name},
-            counts={split: int(source.images(split).shape[0]) for split in ("train", "val", "test")},
+            counts={split: int(written[split].shape[0]) for split in splits},
             extra={
                 "dataset": {
                     "name": source.name,
@@ -159,9 +180,11 @@ def protect_classification(
                     "spatial_size": list(source.spatial_size),
                     "dtype": str(source.dtype),
                     "limit": limit,
-                    "replaced_splits": ["train"],
+                    "protected_splits": list(splits),
+                    "carried_keys": sorted(set(arrays) - {f"{split}_images" for split in splits}),
                 },
-                "budget": {**budget, "realized": realized},
+                "held_out": held_out,
+                "budget": {**budget, "realized": realized["train"], "realized_by_split": realized},
                 "timing": {
                     "fit_seconds": fit_seconds,
                     # a resumed fit: the seconds its interrupted runs spent before (fit_seconds is this run's)
@@ -171,7 +194,7 @@ def protect_classification(
                     "device": str(protector.device),
                 },
                 "history": getattr(protector, "history", []),
-                "protector": protector_record(protector_file, saved),
+                "protector": protector_record(saved),
             },
         )
         write_manifest(folder, manifest)
@@ -180,31 +203,36 @@ def protect_classification(
     return manifest
 
 
-def load_protected_classification(protected: str | Path, data_root: str | None = None):
-    """Read a protected folder back from disk: (manifest, protected arrays, clean source).
+def load_protected_classification(
+    protected: str | Path, data_root: str | None = None, protector: str | Path | None = None
+):
+    """Read a release back from disk: (manifest, protected arrays, clean source).
 
-    The clean source is the file recorded in the manifest; when that path no longer resolves (the source moved,
-    or it was recorded relative to another working folder), the recorded spec is loaded again, ``medmnist:<name>``
-    looked up under ``data_root``.
+    The clean source is found through the private record in the protector file (its recorded path; when
+    that moved, the spec as given, a ``medmnist:<name>`` looked up under ``data_root``), and must have the
+    checksum the manifest recorded.
+
+    Args:
+        protected: the release folder.
+        data_root: where to look for the clean source when its recorded path is gone.
+        protector: the fitted protector file (default ``<protected>.protector.pt``).
 
     Raises:
-        MedueError: when the folder or its npz is missing or its manifest is not a classification one.
+        MedueError: when the folder, its npz or the protector file is missing, the manifest is not a
+            classification one, or the clean source is not the one protected.
     """
     protected = Path(protected)
-    manifest = read_manifest(protected)
+    manifest, record = open_release(protected, protector)
     if manifest.get("task") != "classification":
         raise MedueError(f"{protected}: manifest task is {manifest.get('task')!r}, not classification")
-    npz_path = protected / manifest["dataset"]["file"]
+    npz_path = inside(protected, manifest["dataset"]["file"], "npz file")
     if not npz_path.is_file():
         raise MedueError(f"{npz_path}: protected npz is missing")
     with np.load(npz_path, allow_pickle=False) as npz:
         arrays = {key: npz[key] for key in npz.files}
-    # the recorded file when it is still there (a relative path counts from the current folder); else the spec,
-    # so that a medmnist:<name> source is looked up again under ``data_root``
-    recorded = manifest["input"]["path"]
-    spec = recorded if recorded and Path(recorded).is_file() else manifest["input"]["spec"]
-    clean = load_classification_spec(spec, data_root=data_root, limit=manifest["dataset"].get("limit"))
-    if clean.images("train").shape != arrays["train_images"].shape:
+    spec, root = resolve_clean_source(manifest, record, data_root)
+    clean = load_classification_spec(spec, data_root=root, limit=manifest["dataset"].get("limit"))
+    if clean.arrays["train_images"].shape != arrays["train_images"].shape:
         raise MedueError(f"{npz_path}: train split shape differs from the clean source {spec}")
     return manifest, arrays, clean
 
@@ -225,6 +253,7 @@ def evaluate_classification(
     defense: str | None = None,
     augmentation: str | None = None,
     adversarial_eps: float | None = None,
+    protector: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train the exploiter on the protected copy (read back from disk) and on the clean one; test both on clean data.
 
@@ -251,6 +280,8 @@ def evaluate_classification(
             recipe's.
         adversarial_eps: adversarial training of both runs: PGD in this L-inf radius (10 steps of 1/255 unless
             the recipe says otherwise) on every training batch; 0 turns it off; ``None`` is the recipe's.
+        protector: the release's fitted protector file, which records the clean source (default
+            ``<protected>.protector.pt``).
 
     Returns:
         Results with ``task``, ``clean``/``protected`` test accuracies (%), ``invisibility``, ``budget``.
@@ -259,7 +290,7 @@ def evaluate_classification(
         MedueError: for a recipe of another task, an unknown counter-measure, or a ``clean_run`` with another
             number of epochs, another exploiter network (where it records one) or other counter-measures.
     """
-    manifest, arrays, clean = load_protected_classification(protected, data_root)
+    manifest, arrays, clean = load_protected_classification(protected, data_root, protector)
     recipe_config = get_recipe(
         recipe, epochs=epochs, defense=defense, augmentation=augmentation, adversarial_eps=adversarial_eps
     )
@@ -272,7 +303,9 @@ def evaluate_classification(
     num_classes = manifest["dataset"]["num_classes"]
     started = time.perf_counter()
     runs = {}
-    splits = [("clean", clean.images("train")), ("protected", arrays["train_images"])]
+    # the protected training images as read back, in the layout of clean.images (a channel axis of 1 dropped)
+    protected_train = clean.images_of(arrays["train_images"])
+    splits = [("clean", clean.images("train")), ("protected", protected_train)]
     if clean_run is not None:
         check_clean_run(
             clean_run, score="test_accuracy", epochs=recipe_config["epochs"], exploiter=exploiter, counter=counter
@@ -307,11 +340,11 @@ def evaluate_classification(
         "device": str(resolve_device(device)),
         "clean": {k: v for k, v in runs["clean"].items() if k != "curves"},
         "protected": {k: v for k, v in runs["protected"].items() if k != "curves"},
-        "invisibility": invisibility_metrics(clean.images("train"), arrays["train_images"]),
+        "invisibility": invisibility_metrics(clean.images("train"), protected_train),
         "budget": {
             "norm": manifest["budget"]["norm"],
             "eps": manifest["budget"]["budget"],
-            **budget_metrics(clean.images("train"), arrays["train_images"]),
+            **budget_metrics(clean.images("train"), protected_train),
         },
         "curves": {name: run["curves"] for name, run in runs.items()},
         "wall_seconds": time.perf_counter() - started,

@@ -23,6 +23,7 @@ def attach_fit_checkpoint(
     source: str | Path | None,
     run: dict[str, Any],
     resume: bool,
+    overwrite: bool = False,
 ) -> FitCheckpoint | None:
     """Give a resumable protector an epoch checkpoint beside its output file.
 
@@ -32,22 +33,31 @@ def attach_fit_checkpoint(
         source: the input file or folder (hashed into the fingerprint), or ``None`` for in-process data.
         run: what else defines the run (data spec, seed, limit, batch and working size).
         resume: continue from an existing checkpoint of the same run.
+        overwrite: without ``resume``, discard an existing checkpoint and start afresh (otherwise such a
+            checkpoint is an interrupted fit that a rerun must not throw away silently).
 
     Returns:
         The attached checkpoint, or ``None`` for methods that cannot resume (then ``resume`` must be off).
 
     Raises:
-        MedueError: when ``resume`` is asked of a method that cannot resume.
+        MedueError: when ``resume`` is asked of a method that cannot resume, or a checkpoint exists and
+            neither ``resume`` nor ``overwrite`` says what to do with it.
     """
     if not protector.resumable:
         if resume:
             raise MedueError(f"method {protector.name!r} cannot resume an interrupted fit; run it without --resume")
         return None
+    path = fit_checkpoint_path(protector_file)
+    if path.exists() and not resume and not overwrite:
+        raise MedueError(
+            f"{path}: an interrupted fit of this output is saved there; pass --resume to continue it, or "
+            "--overwrite to discard it and start afresh"
+        )
     fingerprint = {
         "method": protector.name,
         "options": protector.config(),
         "input_sha256": sha256_path(source) if source else None,
         **run,
     }
-    protector.checkpoint = FitCheckpoint(fit_checkpoint_path(protector_file), fingerprint, resume=resume)
+    protector.checkpoint = FitCheckpoint(path, fingerprint, resume=resume)
     return protector.checkpoint

@@ -1,18 +1,20 @@
 """Segmentation pipeline: protect an image + mask dataset into PNGs, and evaluate it with an exploiter.
 
 ``protect_segmentation`` fits a segmentation protector (UMed) on the seeded 80/20 train split at a
-working size, then writes every image as a lossless PNG at its ORIGINAL size and channel count
-(train: protected; test: unperturbed), copies masks byte for byte and writes ``manifest.json``, all
-into a temporary folder renamed at the end; the fitted protector goes beside that folder (private).
-``evaluate_segmentation`` reads the protected training split BACK FROM DISK, trains an exploiter on it
-and on the clean originals, and tests both on the clean test split (foreground Dice and Jaccard in
-percent).
+working size, then writes every RELEASED image as a lossless PNG at its original size, channel count and
+bit depth (the training images; the held-out test images only when asked to include them, protected as
+unseen images), copies each mask byte for byte under its item's id and writes ``manifest.json``, all into
+a temporary folder renamed at the end; the fitted protector, with the private record of the source and
+the held-out ids, goes beside that folder. ``evaluate_segmentation`` reads the protected training split
+BACK FROM DISK, trains an exploiter on it and on the clean originals, and tests both on the clean
+held-out images (foreground Dice and Jaccard in percent).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,46 +43,60 @@ from ..evaluation.invisibility import invisibility_metrics
 from ..evaluation.pixels import PixelScores
 from ..evaluation.recipes import check_clean_run, counter_measures, get_recipe
 from ..io.atomic import atomic_output_dir, atomic_output_file, check_output_dir, check_output_file, protector_path
-from ..io.manifest import build_manifest, protector_record, read_manifest, write_manifest
-from ..io.png import RESAMPLE_MODES, apply_delta_uint8, copy_mask, write_png
+from ..io.manifest import build_manifest, private_record, protector_record, write_manifest
+from ..io.paths import inside
+from ..io.png import RESAMPLE_MODES, apply_delta, copy_mask, write_png
+from ..io.quantize import dtype_top
 from ..protectors import get_protector_class
 from ..protectors import umed as _umed  # noqa: F401  (registers "umed")
+from ..protectors.masks import region_mask
 from ..utils import MedueError, resolve_device, set_seed
+from .release import held_out_entry, open_release, resolve_clean_source
 from .resume import attach_fit_checkpoint
 
-__all__ = ["EXPLOITERS", "build_exploiter", "evaluate_segmentation", "protect_segmentation"]
+__all__ = [
+    "EXPLOITERS",
+    "build_exploiter",
+    "evaluate_segmentation",
+    "original_region",
+    "protect_segmentation",
+    "write_protected_images",
+]
 
 EXPLOITERS = ("unet", "unet-batchnorm", "attentionunet", "basicunetplusplus", "swinunetr")
 
 
-def _pair_stats(clean: np.ndarray, written: np.ndarray) -> tuple[int, int, int, int, int]:
-    """Integer statistics of one (clean, written) uint8 pair: sum of squared differences, number of
-    values, changed pixel positions, positions, and the largest absolute difference."""
-    diff = written.astype(np.int16) - clean.astype(np.int16)
+def _pair_stats(clean: np.ndarray, written: np.ndarray) -> tuple[float, int, int, int, float]:
+    """Statistics of one (clean, written) pair of the same integer dtype, in [0, 1] units (the dtype's top
+    maps to 1): sum of squared differences, number of values, changed pixel positions, positions, and the
+    largest absolute difference."""
+    top = float(dtype_top(clean.dtype))
+    diff = written.astype(np.int64) - clean.astype(np.int64)
     changed = diff != 0 if diff.ndim == 2 else np.any(diff != 0, axis=-1)
-    flat = diff.reshape(-1).astype(np.int32)
-    largest = int(np.abs(flat).max()) if flat.size else 0
-    return int(np.dot(flat, flat)), int(diff.size), int(changed.sum()), int(changed.size), largest
+    flat = diff.reshape(-1)
+    largest = float(np.abs(flat).max()) / top if flat.size else 0.0
+    return float(np.dot(flat, flat)) / top**2, int(diff.size), int(changed.sum()), int(changed.size), largest
 
 
 class _BudgetAccumulator:
-    """Budget and invisibility over images of varying sizes, one pair at a time (nothing is kept).
+    """Budget and invisibility over images of varying sizes and bit depths, one pair at a time (nothing kept).
 
-    PSNR comes from the pooled MSE over all pixels, SSIM is the per-image mean, ``l0_share`` the share
-    of pixel positions where any channel changed, ``linf_max`` the largest change in [0, 1] units.
-    Pairs are summarized by :func:`_pair_stats` (cheap, in the writer threads) and then added here.
+    PSNR comes from the pooled MSE over all pixels in [0, 1] units (for 8-bit images the usual
+    ``10 log10(255^2 / MSE)``), SSIM is the per-image mean, ``l0_share`` the share of pixel positions where any
+    channel changed, ``linf_max`` the largest change in [0, 1] units. Pairs are summarized by
+    :func:`_pair_stats` (cheap, in the writer threads) and then added here.
 
     L2 norms (in [0, 1] units, added with :meth:`add_l2`): an L2 budget is defined at the protector's
     working size (``C x S x S`` values), where the protector projects its delta. ``l2_max`` /
     ``l2_mean`` are the per-image ``||delta||_2`` there; ``l2_written_max`` / ``l2_written_mean`` measure
     the written file at its original size (``C x H x W``) and rescale to the working size,
-    ``||x_written - x||_2 * sqrt(C S^2 / (C H W))``, so they compare with the same budget (resizing
-    and 8-bit rounding make them differ a little from the working-size norms).
+    ``||x_written - x||_2 * sqrt(C S^2 / (C H W))``, so they compare with the same budget (the writer keeps
+    them within it).
     """
 
     def __init__(self, ssim: bool) -> None:
         self.ssim = ssim
-        self.squared, self.count, self.changed, self.positions, self.largest = 0, 0, 0, 0, 0
+        self.squared, self.count, self.changed, self.positions, self.largest = 0.0, 0, 0, 0, 0.0
         self.ssims: list[float] = []
         self.l2_images, self.l2_sum, self.l2_max, self.written_l2_sum, self.written_l2_max = 0, 0.0, 0.0, 0.0, 0.0
 
@@ -96,9 +112,10 @@ class _BudgetAccumulator:
         """Add one pair (computes its statistics, and SSIM when enabled)."""
         self.add_stats(_pair_stats(clean, written))
         if self.ssim:
-            self.ssims.append(invisibility_metrics(clean[None], written[None], hashes=False)["ssim"])
+            top = float(dtype_top(clean.dtype))
+            self.ssims.append(invisibility_metrics(clean[None], written[None], max_value=top, hashes=False)["ssim"])
 
-    def add_stats(self, stats: tuple[int, int, int, int, int]) -> None:
+    def add_stats(self, stats: tuple[float, int, int, int, float]) -> None:
         """Add the :func:`_pair_stats` of one pair."""
         squared, count, changed, positions, largest = stats
         self.squared += squared
@@ -110,8 +127,8 @@ class _BudgetAccumulator:
     def result(self) -> dict[str, float]:
         mse = self.squared / max(self.count, 1)
         result = {
-            "psnr": float(10.0 * np.log10(255.0**2 / mse)) if mse > 0 else float("inf"),
-            "linf_max": self.largest / 255.0,
+            "psnr": float(10.0 * np.log10(1.0 / mse)) if mse > 0 else float("inf"),
+            "linf_max": self.largest,
             "l0_share": self.changed / max(self.positions, 1),
         }
         if self.l2_images:
@@ -122,6 +139,112 @@ class _BudgetAccumulator:
         if self.ssim:
             result["ssim"] = float(np.mean(self.ssims)) if self.ssims else 1.0
         return result
+
+
+def original_region(mask: np.ndarray, region: str, radius: int, working: tuple[int, int]) -> np.ndarray | None:
+    """A region-confined method's allowed pixels at an image's ORIGINAL size, or ``None`` for ``"full"``.
+
+    Args:
+        mask: ``(H, W)`` binary mask at the original size.
+        region: the protector's :meth:`~medue_monai.protectors.base.Protector.release_region`.
+        radius: its band radius in working pixels; at the original size it becomes ``ceil(radius * scale)``
+            with ``scale = max(H / h, W / w)``.
+        working: ``(h, w)`` working size.
+
+    Returns:
+        ``(H, W)`` uint8 mask (1 = may change).
+    """
+    if region == "full":
+        return None
+    scale = max(mask.shape[0] / working[0], mask.shape[1] / working[1])
+    tensor = torch.from_numpy(np.ascontiguousarray(mask)).float()[None, None]
+    return region_mask(tensor, region, int(math.ceil(radius * scale)))[0, 0].numpy().astype(np.uint8)
+
+
+def write_protected_images(
+    protector: Any,
+    released: dict[str, list[SegmentationRecord]],
+    folder: Path,
+    *,
+    spatial_size: int,
+    channels: int,
+    batch_size: int = 16,
+    resample: str = "bilinear",
+    num_workers: int = 0,
+    progress: bool = True,
+) -> tuple[dict[str, dict[str, Any]], dict[str, float], dict[str, int]]:
+    """Write the protected images and their masks of a segmentation release into ``folder``.
+
+    ``images/<id>.png`` at each image's original size, channel count and bit depth, and ``masks/<id><suffix>``
+    (the mask file copied byte for byte). The ``train`` records get the perturbations the protector learned
+    for them (their position in the list is the ``index`` they were fitted with); records of any other split
+    are unseen images. A region-confined protector's region (:meth:`~medue_monai.protectors.base.Protector.
+    release_region`) is re-applied at the original size, and the budget holds on the written values
+    (:func:`~medue_monai.io.png.apply_delta`).
+
+    Args:
+        protector: the fitted segmentation protector.
+        released: split name -> records, in the order the training split was fitted with.
+        folder: the release folder being written (``images/`` and ``masks/`` are created or reused).
+        spatial_size: the working side length the protector was fitted at.
+        channels: channel count served to the protector.
+        batch_size: images per ``perturb`` call.
+        resample: how the perturbation reaches the original size.
+        num_workers: sets the writer threads (``max(2, 2 * num_workers)``).
+        progress: show progress bars.
+
+    Returns:
+        ``(items, realized, empty)``: the manifest entry of every written item, the realized budget and
+        invisibility (:class:`_BudgetAccumulator`), and the number of empty masks per split.
+    """
+    budget = protector.budget_info()
+    eps = budget["budget"] if budget["norm"] == "linf" else None
+    l2 = budget["budget"] if budget["norm"] == "l2" else None
+    region, radius = protector.release_region(spatial_size, spatial_size)
+    images_dir, masks_dir = Path(folder) / "images", Path(folder) / "masks"
+    images_dir.mkdir(exist_ok=True)
+    masks_dir.mkdir(exist_ok=True)
+    items: dict[str, dict[str, Any]] = {}
+    empty = dict.fromkeys(released, 0)
+    budget_sum = _BudgetAccumulator(ssim=False)
+
+    def load_one(item: SegmentationRecord) -> tuple[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]:
+        original, mask = read_image_array(item.image), read_mask_array(item.label)
+        return original, mask, resize_image(original, spatial_size, channels), resize_mask(mask, spatial_size)
+
+    def write_one(args: tuple[SegmentationRecord, np.ndarray, np.ndarray, torch.Tensor]) -> tuple:
+        item, original, mask, delta_row = args
+        allowed = original_region(mask, region, radius, (spatial_size, spatial_size))
+        written = apply_delta(original, delta_row, eps, resample=resample, region=allowed, l2=l2)
+        write_png(inside(images_dir, f"{item.id}.png", "image path"), written)
+        copy_mask(item.label, masks_dir, item.id)
+        return _pair_stats(original, written), float(delta_row.float().norm()), int(mask.max() == 0)
+
+    # decoding, resizing, quantizing and PNG encoding run in threads (PIL, zlib and torch release the GIL)
+    with ThreadPoolExecutor(max_workers=max(2, 2 * num_workers)) as pool:
+        for split_name, records in released.items():
+            chunks = [(i, records[i : i + batch_size]) for i in range(0, len(records), batch_size)]
+            for offset, chunk in tqdm(chunks, desc=f"write {split_name}", disable=not progress, leave=False):
+                originals, masks, images, labels = zip(*pool.map(load_one, chunk), strict=True)
+                # the training items get the perturbations learned for them; other items are unseen images
+                indices = torch.arange(offset, offset + len(chunk)) if split_name == "train" else None
+                delta = protector.perturb(torch.stack(images), torch.stack(labels), indices).cpu()
+                rows = zip(chunk, originals, masks, delta, strict=True)
+                for (stats, working_l2, is_empty), item in zip(pool.map(write_one, rows), chunk, strict=True):
+                    budget_sum.add_stats(stats)
+                    written_l2 = np.sqrt(stats[0]) * np.sqrt(delta[0].numel() / max(stats[1], 1))
+                    budget_sum.add_l2(working_l2, float(written_l2))
+                    empty[split_name] += is_empty
+                    items[item.id] = {
+                        "image": f"images/{item.id}.png",
+                        "mask": f"masks/{item.id}{item.label.suffix.lower()}",
+                        "original_size": list(item.size),
+                        "channels": item.channels,
+                        "dtype": item.dtype,
+                        "working_size": [spatial_size, spatial_size],
+                        "source_format": item.format,
+                    }
+    return items, budget_sum.result(), empty
 
 
 def protect_segmentation(
@@ -142,13 +265,17 @@ def protect_segmentation(
     protector_out: str | Path | None = None,
     resume: bool = False,
     resample: str = "bilinear",
+    include_test: bool = False,
 ) -> dict:
     """Fit a segmentation protector on the train split and write the protected dataset.
 
-    Output layout (the release): ``images/<id>.png`` (train protected, test unperturbed, both at the
-    original size and channel count), ``masks/<original mask file>`` (copied unchanged),
-    ``manifest.json``. The fitted protector goes OUTSIDE it, to ``protector_out`` (default
-    ``<out>.protector.pt``): it is the key that removes the protection, so keep it private.
+    The source is split 80/20 by a seeded shuffle of its sorted ids (:func:`split_ids`); the protector is
+    fitted on the training part, and the release holds only protected images: ``images/<id>.png`` for every
+    training item (original size, channel count and bit depth), ``masks/<id><mask suffix>`` (the mask file
+    copied byte for byte) and ``manifest.json`` (paths relative to the release). The held-out test images stay
+    out of it (``include_test`` protects them as unseen images and writes them too); their ids are in the
+    private record inside the fitted protector file, which goes OUTSIDE the release, to ``protector_out``
+    (default ``<out>.protector.pt``): it is the key that removes the protection, so keep it private.
 
     Args:
         data: folder with ``images/`` + ``masks/`` (or ``labels/``), or a MONAI datalist JSON.
@@ -157,8 +284,9 @@ def protect_segmentation(
         options: extra constructor options of the protector.
         seed: seed of the split, the loaders and the protector (recorded).
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
-        overwrite: replace an existing output folder.
-        limit: use only the first ``limit`` ids (sorted) before splitting, for quick runs.
+        overwrite: replace an existing output folder and protector file (and discard an interrupted fit).
+        limit: protect only the first ``limit`` training items (sorted ids of the training split), for quick
+            runs; the held-out test split is the same as without it. ``None``: all.
         spatial_size: working side length inside the protector.
         batch_size: loader batch size (default: the protector's ``batch_size`` option, else 16).
         num_workers: DataLoader workers.
@@ -170,6 +298,8 @@ def protect_segmentation(
         resample: how the working-size perturbation reaches the original size
             (:func:`medue_monai.io.png.upsample_delta`): ``"bilinear"``, or ``"inverse"`` (so that whoever
             shrinks the release to the working size sees the perturbation the protector made, at a lower PSNR).
+        include_test: also protect the held-out test images (as unseen images) and write them into the release
+            (default ``False``: they stay out).
 
     Returns:
         The manifest written.
@@ -182,7 +312,9 @@ def protect_segmentation(
         raise MedueError(f"method {method!r} is for {cls.task}; {data!r} is a segmentation dataset")
     if resample not in RESAMPLE_MODES:
         raise MedueError(f"resample must be one of {RESAMPLE_MODES}, got {resample!r}")
-    source = load_segmentation_source(data, data_root=data_root, limit=limit)
+    if limit is not None and int(limit) < 1:
+        raise MedueError(f"limit must be >= 1, got {limit}")
+    source = load_segmentation_source(data, data_root=data_root)
     out_path = check_output_dir(out, overwrite=overwrite, inputs=(source.path,))
     protector_file = check_output_file(
         protector_path(out_path, protector_out), overwrite=overwrite, inputs=(source.path,)
@@ -193,70 +325,45 @@ def protect_segmentation(
     except TypeError as err:
         raise MedueError(f"method {method!r}: {err}") from err
     split = split_ids(source.ids, seed=seed)
+    if limit is not None:
+        split["train"] = split["train"][: int(limit)]
     train_records, test_records = source.subset(split["train"]), source.subset(split["test"])
     channels = source.in_channels
     train = SegmentationDataset(train_records, spatial_size, channels)
     batch_size = int(batch_size or getattr(protector, "batch_size", 16))
     loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers)
     run = {"data": str(data), "seed": seed, "limit": limit, "batch_size": batch_size, "spatial_size": spatial_size}
-    checkpoint = attach_fit_checkpoint(protector, protector_file, source.path, run, resume)
+    checkpoint = attach_fit_checkpoint(protector, protector_file, source.path, run, resume, overwrite)
     started = time.perf_counter()
     protector.fit(loader, 2, len(train))
     fit_seconds = time.perf_counter() - started
 
     budget = protector.budget_info()
-    eps = budget["budget"] if budget["norm"] == "linf" else None
-    empty = {"train": 0, "test": 0}
-    resize: dict[str, dict[str, Any]] = {}
-    budget_sum = _BudgetAccumulator(ssim=False)
+    region, radius = protector.release_region(spatial_size, spatial_size)
+    released = {"train": train_records, **({"test": test_records} if include_test else {})}
+    held_out = held_out_entry("test", len(test_records), include_test)
+    record = private_record(
+        spec=str(data), source=source.path, data_root=data_root, release=out_path, held_out=held_out, split=split
+    )
     with (
         atomic_output_file(protector_file, overwrite) as saved,
         atomic_output_dir(out_path, overwrite=overwrite) as folder,
     ):
-        (folder / "images").mkdir()
-        (folder / "masks").mkdir()
         started = time.perf_counter()
-        chunks = [train_records[i : i + batch_size] for i in range(0, len(train_records), batch_size)]
-
-        def load_one(record: SegmentationRecord) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-            original = read_image_array(record.image)
-            image = resize_image(original, spatial_size, channels)
-            return original, image, resize_mask(read_mask_array(record.label), spatial_size)
-
-        def write_one(args: tuple[SegmentationRecord, np.ndarray, torch.Tensor]) -> tuple[tuple[int, ...], float]:
-            record, original, delta_row = args
-            written = apply_delta_uint8(original, delta_row, eps, resample=resample)
-            write_png(folder / "images" / f"{record.id}.png", written)
-            return _pair_stats(original, written), float(delta_row.float().norm())
-
-        # decoding, resizing, quantizing and PNG encoding run in threads (PIL, zlib and torch release the GIL)
-        with ThreadPoolExecutor(max_workers=max(2, 2 * num_workers)) as pool:
-            for chunk in tqdm(chunks, desc="write protected", disable=not progress, leave=False):
-                originals, images, labels = zip(*pool.map(load_one, chunk), strict=True)
-                delta = protector.perturb(torch.stack(images), torch.stack(labels)).cpu()
-                for stats, working_l2 in pool.map(write_one, zip(chunk, originals, delta, strict=True)):
-                    budget_sum.add_stats(stats)
-                    squared, count = stats[0], stats[1]
-                    written_l2 = np.sqrt(squared) / 255.0 * np.sqrt(delta[0].numel() / max(count, 1))
-                    budget_sum.add_l2(working_l2, float(written_l2))
+        items, realized, empty = write_protected_images(
+            protector,
+            released,
+            folder,
+            spatial_size=spatial_size,
+            channels=channels,
+            batch_size=batch_size,
+            resample=resample,
+            num_workers=num_workers,
+            progress=progress,
+        )
         apply_seconds = time.perf_counter() - started
-        for split_name, records in (("train", train_records), ("test", test_records)):
-            for record in records:
-                if split_name == "test":
-                    write_png(folder / "images" / f"{record.id}.png", read_image_array(record.image))
-                mask = copy_mask(record.label, folder / "masks")
-                empty[split_name] += int(read_mask_array(mask).max() == 0)
-                resize[record.id] = {
-                    "original_size": list(record.size),
-                    "channels": record.channels,
-                    "working_size": [spatial_size, spatial_size],
-                    "source_format": record.format,
-                    "image": f"images/{record.id}.png",
-                    "mask": f"masks/{mask.name}",
-                }
-        realized = budget_sum.result()
-        protector.save(saved)
-        jpeg = sorted(r.id for r in source.records if r.format.upper() in ("JPEG", "MPO"))
+        protector.save(saved, record=record)
+        jpeg = sum(1 for records in released.values() for r in records if r.format.upper() in ("JPEG", "MPO"))
         manifest = build_manifest(
             task="segmentation",
             method=method,
@@ -264,49 +371,51 @@ def protect_segmentation(
             seed=seed,
             source=source.path,
             data_spec=str(data),
-            output_files={
-                "images": folder / "images",
-                "masks": folder / "masks",
-            },
+            output_files={"images": folder / "images", "masks": folder / "masks"},
             counts={
                 "train": len(train_records),
-                "test": len(test_records),
+                "test": len(test_records) if include_test else 0,
                 "empty_masks_train": empty["train"],
-                "empty_masks_test": empty["test"],
+                "empty_masks_test": empty.get("test", 0),
             },
             extra={
                 "dataset": {
                     "name": source.name,
                     "kind": source.kind,
-                    "path": str(Path(source.path).resolve()),
-                    "data_root": data_root,
                     "in_channels": channels,
                     "spatial_size": spatial_size,
                     "limit": limit,
-                    "replaced_splits": ["train"],
                     "output_format": "png",
                     "resample": resample,
-                    "jpeg_source_count": len(jpeg),
+                    "jpeg_source_count": jpeg,
                     "note": (
-                        f"{len(jpeg)} source images were JPEG; all outputs are lossless PNG "
+                        f"{jpeg} source images were JPEG; all outputs are lossless PNG "
                         "(JPEG would erase the protection)"
                         if jpeg
                         else "all outputs are lossless PNG"
                     ),
                 },
-                "split": split,
-                "resize": resize,
+                "held_out": held_out,
+                "region": {
+                    "name": region,
+                    "working_radius": radius,
+                    "note": "the written change is confined to this region of each mask at the original size "
+                    "(band radius scaled by the resize factor)"
+                    if region != "full"
+                    else "the perturbation may touch any pixel",
+                },
+                "items": items,
                 "budget": {**budget, "realized": realized},
                 "timing": {
                     "fit_seconds": fit_seconds,
                     # a resumed fit: the seconds its interrupted runs spent before (fit_seconds is this run's)
                     "fit_seconds_before_resume": checkpoint.earlier_seconds if checkpoint is not None else 0.0,
                     "apply_seconds": apply_seconds,
-                    "apply_images_per_second": len(train_records) / max(apply_seconds, 1e-9),
+                    "apply_images_per_second": len(items) / max(apply_seconds, 1e-9),
                     "device": str(protector.device),
                 },
                 "history": getattr(protector, "history", []),
-                "protector": protector_record(protector_file, saved),
+                "protector": protector_record(saved),
             },
         )
         write_manifest(folder, manifest)
@@ -462,16 +571,23 @@ def train_segmentation_exploiter(
     return {**scores, "curves": curves}
 
 
-def _protected_records(folder: Path, manifest: dict[str, Any]) -> list[SegmentationRecord]:
+def _protected_records(folder: Path, manifest: dict[str, Any], ids: list[str]) -> list[SegmentationRecord]:
+    """The release's records of ``ids``, every path resolved inside the release folder."""
     records = []
-    for item_id in manifest["split"]["train"]:
-        entry = manifest["resize"][item_id]
-        image, mask = folder / entry["image"], folder / entry["mask"]
+    items = manifest["items"]
+    for item_id in ids:
+        if item_id not in items:
+            raise MedueError(f"{folder}: training item {item_id!r} of the private record is not in the release")
+        entry = items[item_id]
+        image = inside(folder, entry["image"], "image path")
+        mask = inside(folder, entry["mask"], "mask path")
         for path in (image, mask):
             if not path.is_file():
                 raise MedueError(f"{path}: listed in the manifest of {folder} but missing")
         records.append(
-            SegmentationRecord(item_id, image, mask, tuple(entry["original_size"]), entry["channels"], "PNG")
+            SegmentationRecord(
+                item_id, image, mask, tuple(entry["original_size"]), entry["channels"], "PNG", entry["dtype"]
+            )
         )
     return records
 
@@ -492,11 +608,14 @@ def evaluate_segmentation(
     defense: str | None = None,
     augmentation: str | None = None,
     adversarial_eps: float | None = None,
+    protector: str | Path | None = None,
 ) -> dict:
     """Train an exploiter on the protected train split (read back from disk) and on the clean one.
 
-    Both are tested on the CLEAN test split of the original source (path from the manifest; pass
-    ``data_root`` when the source moved: it is then looked up as ``data_root/<source folder name>``).
+    Both are tested on the CLEAN held-out test images of the original source, which the private record in
+    the release's protector file lists with the source's location (pass ``data_root`` when the source moved:
+    it is then looked up as ``data_root/<source folder name>``); the source must be the one protected
+    (checksum).
 
     Args:
         protected: folder written by :func:`protect_segmentation`.
@@ -523,6 +642,8 @@ def evaluate_segmentation(
             recipe's.
         adversarial_eps: adversarial training of both runs: PGD in this L-inf radius (10 steps of 1/255 unless
             the recipe says otherwise) on every training batch; 0 turns it off; ``None`` is the recipe's.
+        protector: the release's fitted protector file, which holds the private record (default
+            ``<protected>.protector.pt``).
 
     Returns:
         Results with ``clean`` / ``protected`` ``{"dice", "jaccard"}`` (%), ``invisibility``,
@@ -534,7 +655,7 @@ def evaluate_segmentation(
             one), on another split or with other counter-measures.
     """
     folder = Path(protected)
-    manifest = read_manifest(folder)
+    manifest, record = open_release(folder, protector)
     if manifest.get("task") != "segmentation":
         raise MedueError(f"{folder}: manifest task is {manifest.get('task')!r}, not segmentation")
     recipe_config = get_recipe(
@@ -547,7 +668,8 @@ def evaluate_segmentation(
     defense = counter["defense"]
     if exploiter not in EXPLOITERS:
         raise MedueError(f"unknown segmentation exploiter {exploiter!r}; choose from {', '.join(EXPLOITERS)}")
-    split_sha256 = hashlib.sha256(json.dumps(manifest["split"], sort_keys=True).encode()).hexdigest()
+    split = record["split"]
+    split_sha256 = hashlib.sha256(json.dumps(split, sort_keys=True).encode()).hexdigest()
     if clean_run is not None:
         check_clean_run(
             clean_run,
@@ -558,20 +680,18 @@ def evaluate_segmentation(
             split_sha256=split_sha256,
         )
     dataset_info = manifest["dataset"]
-    source_path = Path(dataset_info["path"])
-    if not source_path.exists() and data_root is not None:
-        source_path = Path(data_root) / source_path.name
-    source = load_segmentation_source(source_path, data_root=dataset_info.get("data_root"))
+    source_spec, root = resolve_clean_source(manifest, record, data_root)
+    source = load_segmentation_source(source_spec, data_root=root)
     known = set(source.ids)
-    missing = [i for i in manifest["split"]["train"] + manifest["split"]["test"] if i not in known]
+    missing = [i for i in split["train"] + split["test"] if i not in known]
     if missing:
-        raise MedueError(f"{source_path}: clean source lacks {len(missing)} ids of the manifest (e.g. {missing[0]!r})")
+        raise MedueError(f"{source_spec}: clean source lacks {len(missing)} ids of the release (e.g. {missing[0]!r})")
     size = int(recipe_config.get("spatial_size", dataset_info["spatial_size"]))
     channels = int(dataset_info["in_channels"])
-    clean_train_records = source.subset(manifest["split"]["train"])
-    protected_records = _protected_records(folder, manifest)
+    clean_train_records = source.subset(split["train"])
+    protected_records = _protected_records(folder, manifest, split["train"])
     threads = max(1, num_workers) * 2
-    test = SegmentationDataset(source.subset(manifest["split"]["test"]), size, channels, cache=True).preload(threads)
+    test = SegmentationDataset(source.subset(split["test"]), size, channels, cache=True).preload(threads)
     torch_device = resolve_device(device)
     started = time.perf_counter()
     runs = {}

@@ -206,6 +206,23 @@ class Protector(ABC):
         """
         return {"norm": "linf", "budget": self.eps}
 
+    def release_region(self, height: int, width: int) -> tuple[str, int]:
+        """Where the perturbation of a segmentation item may be non-zero, relative to its mask.
+
+        The segmentation writers re-apply this region at each image's ORIGINAL size (with the band radius
+        scaled by the resize factor), so the written change stays where the method puts it although
+        resizing spreads a working-size perturbation.
+
+        Args:
+            height: working height in pixels.
+            width: working width in pixels.
+
+        Returns:
+            ``(region, radius)``: a region of :func:`~medue_monai.protectors.masks.region_mask` (``"full"`` here:
+            anywhere) and its band radius in working pixels (0 where unused).
+        """
+        return "full", 0
+
     def state_dict(self) -> dict[str, Any]:
         """Learned state as plain tensors / numbers (loadable with ``weights_only=True``)."""
         return {}
@@ -301,11 +318,20 @@ class Protector(ABC):
         if not self.fitted:
             raise MedueError(f"{self.name}: call fit() (or load a saved protector) before perturbing")
 
-    def save(self, path: str | Path) -> None:
-        """Save method name, config and learned state to ``path`` (a ``torch.save`` file of plain types)."""
+    def save(self, path: str | Path, record: dict[str, Any] | None = None) -> None:
+        """Save method name, config and learned state to ``path`` (a ``torch.save`` file of plain types).
+
+        Args:
+            path: the file to write (a temporary file beside it is renamed at the end).
+            record: the release's private record (:func:`medue_monai.io.manifest.private_record`), stored
+                with the protector because both stay with the data owner; ``None`` stores none.
+        """
         path = Path(path)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save({"method": self.name, "config": self.config(), "state": self.state_dict()}, tmp)
+        payload = {"method": self.name, "config": self.config(), "state": self.state_dict()}
+        if record is not None:
+            payload["record"] = record
+        torch.save(payload, tmp)
         tmp.replace(path)
 
 

@@ -20,7 +20,7 @@ from monai.losses import DiceCELoss
 from ..utils import MedueError
 from .base import Protector, register_protector
 from .budget import project_linf
-from .masks import REGIONS, region_mask
+from .masks import REGIONS, contour_radius, region_mask
 from .surrogate import batch_tensors, build_segmenter, task_score
 
 __all__ = ["EMSegProtector", "EMSegContourProtector", "EMSegROIProtector"]
@@ -174,6 +174,11 @@ class EMSegProtector(Protector):
         self.surrogate.eval()
         for parameter in self.surrogate.parameters():
             parameter.requires_grad_(False)
+
+    def release_region(self, height: int, width: int) -> tuple[str, int]:
+        """The ``region`` option, with the contour band radius used at this working size."""
+        radius = self.contour_radius if self.contour_radius is not None else contour_radius(int(height), int(width))
+        return self.region, radius
 
     def _project(self, delta: torch.Tensor, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         delta = project_linf(delta, images, self.eps)

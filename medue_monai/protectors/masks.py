@@ -22,7 +22,7 @@ __all__ = [
     "region_mask",
 ]
 
-REGIONS = ("full", "roi", "contour", "interior", "background")
+REGIONS = ("full", "roi", "contour", "interior", "background", "dilated")
 
 
 def contour_radius(height: int, width: int, base_radius: float = 3.0, reference: int = 224) -> int:
@@ -115,8 +115,9 @@ def region_mask(mask: torch.Tensor, region: str, radius: int | None = None) -> t
     Args:
         mask: ``(B, 1, H, W)`` label mask (foreground > 0.5).
         region: ``"full"`` (every pixel), ``"roi"`` (the foreground), ``"contour"`` (the band),
-            ``"interior"`` (ROI minus band) or ``"background"`` (outside the ROI).
-        radius: band radius for ``"contour"`` / ``"interior"``; ``None`` scales with image size.
+            ``"interior"`` (ROI minus band), ``"background"`` (outside the ROI) or ``"dilated"`` (the ROI and its
+            contour band: ``dilate(y, r)``).
+        radius: band radius for ``"contour"`` / ``"interior"`` / ``"dilated"``; ``None`` scales with image size.
 
     Returns:
         Float ``{0, 1}`` mask.
@@ -134,4 +135,6 @@ def region_mask(mask: torch.Tensor, region: str, radius: int | None = None) -> t
         return roi_interior(mask, radius)
     if region == "background":
         return 1.0 - _binary(mask)
+    if region == "dilated":
+        return dilate_mask(mask, contour_radius(int(mask.shape[-2]), int(mask.shape[-1])) if radius is None else radius)
     raise ValueError(f"region must be one of {REGIONS}, got {region!r}")

@@ -24,7 +24,7 @@ from ..nets import get_classifier, resolve_classifier
 from ..utils import MedueError
 from .base import Protector
 from .budget import project_linf
-from .masks import REGIONS, region_mask
+from .masks import REGIONS, contour_radius, region_mask
 
 __all__ = [
     "CHECKPOINT_POLICIES",
@@ -288,6 +288,12 @@ class SurrogatePGDProtector(Protector):
         if self.task == "segmentation":
             return 1.0 - labels
         return (labels + 1) % self.num_classes
+
+    def release_region(self, height: int, width: int) -> tuple[str, int]:
+        """The ``region`` option of a segmentation protector (classification: ``"full"``)."""
+        if self.task != "segmentation":
+            return "full", 0
+        return self.region, contour_radius(int(height), int(width))
 
     def _region(self, labels: torch.Tensor) -> torch.Tensor | None:
         if self.task != "segmentation" or self.region == "full":

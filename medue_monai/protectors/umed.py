@@ -355,6 +355,18 @@ class UMedProtector(Protector):
         padded, (height, width) = self._pad16(images, minimum=32)
         return self.surrogate(padded)[..., :height, :width]
 
+    def release_region(self, height: int, width: int) -> tuple[str, int]:
+        """The ROI and its contour band (``"dilated"``; the band alone with ``contour_only``, the ROI with
+        ``texture_only``), or anywhere (``"full"``) when ``background_noise`` adds noise outside them."""
+        radius = contour_radius(int(height), int(width), self.contour_radius)
+        if self.background_noise > 0:
+            return "full", 0
+        if self.contour_only:
+            return "contour", radius
+        if self.texture_only:
+            return "roi", radius
+        return "dilated", radius
+
     def regions(
         self, images: torch.Tensor, labels: torch.Tensor, strength: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
