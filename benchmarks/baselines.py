@@ -78,6 +78,7 @@ import medue_monai.protectors.tap  # noqa: F401
 from medue_monai.evaluation.plots import plot_learning_curves
 from medue_monai.evaluation.recipes import get_recipe
 from medue_monai.evaluation.report import recorded_clean_run, reusable_clean_run
+from medue_monai.io.manifest import public_spec
 from medue_monai.io.png import RESAMPLE_MODES
 from medue_monai.pipeline.classification import evaluate_classification, protect_classification
 from medue_monai.pipeline.segmentation import evaluate_segmentation, protect_segmentation
@@ -743,7 +744,7 @@ def _finished_copy(
         manifest.get("method") == protector,
         manifest.get("seed") == args.seed,
         all((manifest.get("options") or {}).get(key) == value for key, value in options.items()),
-        (manifest.get("input") or {}).get("spec") == args.data,
+        (manifest.get("input") or {}).get("spec") == public_spec(args.data),
         dataset.get("limit") == args.limit,
     ]
     if args.task == "segmentation":

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from medue_monai.pipeline.release import open_release
 from medue_monai.pipeline.segmentation import evaluate_segmentation, protect_segmentation
 from medue_monai.utils import machine_record, resolve_device
 
@@ -108,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     protect_started = time.perf_counter()
     if args.protected:
         protected = Path(args.protected)
-        manifest = json.loads((protected / "manifest.json").read_text())
-        data = manifest["input"]["spec"] if isinstance(manifest.get("input"), dict) else data
+        manifest, record = open_release(protected)
+        data = record["source"] or data
         protect_seconds = None
     else:
         protected = work / "umed"

@@ -135,12 +135,13 @@ def check_output_file(path: str | Path, overwrite: bool = False, inputs: tuple[s
 
 
 @contextmanager
-def atomic_output_file(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output_file(path: str | Path, overwrite: bool = False, private: bool = False) -> Iterator[Path]:
     """Yield a temporary file path next to ``path``; on success rename it to ``path``, on error delete it.
 
     Args:
         path: final file path.
         overwrite: replace an existing file at the end.
+        private: make the file readable by its owner only (mode 0600), as the fitted protector is.
 
     Yields:
         The temporary path to write.
@@ -157,6 +158,8 @@ def atomic_output_file(path: str | Path, overwrite: bool = False) -> Iterator[Pa
         yield tmp
         if path.exists() and not overwrite:
             raise MedueError(f"{path}: already exists; pass --overwrite to replace it")
+        if private:
+            tmp.chmod(0o600)
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)

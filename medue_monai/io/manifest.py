@@ -24,6 +24,7 @@ __all__ = [
     "build_manifest",
     "private_record",
     "protector_record",
+    "public_spec",
     "read_manifest",
     "read_private_record",
     "write_manifest",
@@ -52,7 +53,7 @@ def build_manifest(
         options: every option of the protector (its ``config()``) and of the command.
         seed: the seed used.
         source: input file or folder (hashed; its path is not recorded), or ``None`` for in-process data.
-        data_spec: the data spec the user gave.
+        data_spec: the data spec the user gave (a path is recorded by its last part only, :func:`public_spec`).
         output_files: files written, relative name -> path (hashed).
         counts: per-split item counts.
         extra: further task-specific entries (budget, split ids, resize records, ...).
@@ -68,7 +69,7 @@ def build_manifest(
         "method": method,
         "seed": seed,
         "options": options,
-        "input": {"spec": data_spec, "sha256": sha256_path(source) if source else None},
+        "input": {"spec": public_spec(data_spec), "sha256": sha256_path(source) if source else None},
         "output": {name: {"sha256": sha256_path(path)} for name, path in output_files.items()},
         "counts": counts,
         "environment": {"python": platform.python_version(), "torch": torch.__version__},
@@ -76,6 +77,15 @@ def build_manifest(
     if extra:
         manifest.update(extra)
     return manifest
+
+
+def public_spec(spec: str) -> str:
+    """A data spec as a release may show it: ``medmnist:<name>`` and ``synthetic...`` as given, a path by its
+    last part only (``/data/hospital/kvasir-seg`` -> ``kvasir-seg``), so no local folder layout travels."""
+    spec = str(spec)
+    if spec.startswith(("medmnist:", "synthetic")):
+        return spec
+    return Path(spec).name or spec
 
 
 def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> Path:

@@ -159,7 +159,10 @@ def protect_classification(
     held_out = held_out_entry("test", len(source.images("test")), include_test)
     file_name = f"{source.name}.npz"
     record = private_record(spec=data, source=source.path, data_root=data_root, release=out, held_out=held_out)
-    with atomic_output_file(protector_file, overwrite) as saved, atomic_output_dir(out, overwrite) as folder:
+    with (
+        atomic_output_file(protector_file, overwrite, private=True) as saved,
+        atomic_output_dir(out, overwrite) as folder,
+    ):
         write_npz(folder / file_name, arrays)
         protector.save(saved, record=record)
         manifest = build_manifest(

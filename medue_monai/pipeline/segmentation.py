@@ -346,7 +346,7 @@ def protect_segmentation(
         spec=str(data), source=source.path, data_root=data_root, release=out_path, held_out=held_out, split=split
     )
     with (
-        atomic_output_file(protector_file, overwrite) as saved,
+        atomic_output_file(protector_file, overwrite, private=True) as saved,
         atomic_output_dir(out_path, overwrite=overwrite) as folder,
     ):
         started = time.perf_counter()
