@@ -28,7 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medue_monai.io import protector_path
 from medue_monai.nets import get_classifier
+from medue_monai.pipeline.release import open_release, resolve_clean_source
 
 
 def out_of_fold_probability(images: np.ndarray, labels: np.ndarray, args) -> np.ndarray:
@@ -73,13 +75,13 @@ def main() -> None:
     args = parser.parse_args()
 
     protected = Path(args.protected)
-    manifest = json.loads((protected / "manifest.json").read_text())
+    manifest, private = open_release(protected)
     released = dict(np.load(protected / manifest["dataset"]["file"]))
-    clean = np.load(manifest["input"]["path"])
+    clean = np.load(resolve_clean_source(manifest, private)[0])
     clean_images = clean["train_images"]
     labels = clean["train_labels"].reshape(-1)
     if clean_images.shape != released["train_images"].shape:
-        raise SystemExit(f"{protected}: train split shape differs from {manifest['input']['path']}")
+        raise SystemExit(f"{protected}: train split shape differs from {private['source']}")
 
     probability = out_of_fold_probability(clean_images, labels, args)
     hard = np.flatnonzero(probability < args.threshold)
@@ -90,6 +92,7 @@ def main() -> None:
     if out.exists():
         raise SystemExit(f"{out} exists")
     shutil.copytree(protected, out)
+    shutil.copyfile(protector_path(protected), protector_path(out))  # evaluate finds the clean source through it
     np.savez_compressed(out / manifest["dataset"]["file"], **released)
     record = {
         "protected": str(protected),
