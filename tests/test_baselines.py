@@ -83,22 +83,22 @@ class _TinyClassifier(torch.nn.Module):
         return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
 
 
-def _tiny_segmenter(in_channels: int, height: int, width: int) -> torch.nn.Module:
+def _tiny_segmenter(name: str, in_channels: int, out_channels: int = 2, *args) -> torch.nn.Module:
     return torch.nn.Sequential(
         torch.nn.Conv2d(in_channels, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3, padding=1)
     )
 
 
 REAL_GET_CLASSIFIER = surrogate_module.get_classifier
-REAL_BUILD_SEGMENTER = surrogate_module.build_segmenter
+REAL_GET_SEGMENTER = surrogate_module.get_segmenter
 
 
 @pytest.fixture(autouse=True)
 def tiny_networks(monkeypatch):
     """Swap the ResNet-18 / UNet surrogates for tiny conv nets (the logic under test is network-agnostic)."""
     monkeypatch.setattr(surrogate_module, "get_classifier", lambda name, c, k, size: _TinyClassifier(c, k))
-    monkeypatch.setattr(surrogate_module, "build_segmenter", _tiny_segmenter)
-    monkeypatch.setattr(em_seg_module, "build_segmenter", _tiny_segmenter)
+    monkeypatch.setattr(surrogate_module, "get_segmenter", _tiny_segmenter)
+    monkeypatch.setattr(em_seg_module, "get_segmenter", _tiny_segmenter)
 
 
 # ---------------------------------------------------------------------------- fitted fixtures
@@ -418,7 +418,7 @@ def test_bad_options_raise():
 def test_real_surrogates_train_and_attack(monkeypatch):
     """One pass with the real networks: ResNet-18 for TAP, the MONAI UNet for EM-seg."""
     monkeypatch.setattr(surrogate_module, "get_classifier", REAL_GET_CLASSIFIER)
-    monkeypatch.setattr(em_seg_module, "build_segmenter", REAL_BUILD_SEGMENTER)
+    monkeypatch.setattr(em_seg_module, "get_segmenter", REAL_GET_SEGMENTER)
     raw, images, labels = _classification(n=4, size=8)
     tap = TAPProtector(steps=1, surrogate="resnet18", surrogate_epochs=1, progress=False, device="cpu")
     tap.fit(_batches(images, labels, 4), 3, 4)
@@ -429,7 +429,7 @@ def test_real_surrogates_train_and_attack(monkeypatch):
     em.fit(_batches(seg_images, masks, 2), 2, 2)
     assert (em.perturb(seg_images, masks) * (1 - masks)).abs().max() == 0
     with pytest.raises(MedueError):
-        REAL_BUILD_SEGMENTER(1, 16, 16)
+        REAL_GET_SEGMENTER("unet", 1, 2, 16)
 
 
 def test_evaluation_reuses_a_clean_run(tmp_path):

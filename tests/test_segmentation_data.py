@@ -19,7 +19,8 @@ from medue_monai.data.segmentation import (
     split_ids,
 )
 from medue_monai.io.manifest import read_manifest
-from medue_monai.pipeline.segmentation import EXPLOITERS, build_exploiter, protect_segmentation
+from medue_monai.nets import get_segmenter
+from medue_monai.pipeline.segmentation import EXPLOITERS, protect_segmentation
 from medue_monai.utils import MedueError
 
 TINY = {"epochs": 1, "progress": False}
@@ -296,12 +297,12 @@ def test_written_file_carries_the_perturbation_to_the_reader() -> None:
     ("name", "norm_type"), [("unet", torch.nn.InstanceNorm2d), ("unet-batchnorm", torch.nn.BatchNorm2d)]
 )
 def test_unet_exploiters_differ_only_in_their_normalization(name: str, norm_type: type) -> None:
-    network = build_exploiter(name, 3, 32)
+    network = get_segmenter(name, 3, 2, 32)
     norms = [m for m in network.modules() if isinstance(m, (torch.nn.InstanceNorm2d, torch.nn.BatchNorm2d))]
     assert norms and all(isinstance(m, norm_type) for m in norms)
-    other = build_exploiter("unet-batchnorm" if name == "unet" else "unet", 3, 32)
+    other = get_segmenter("unet-batchnorm" if name == "unet" else "unet", 3, 2, 32)
     assert [p.shape for p in network.parameters() if p.ndim > 1] == [p.shape for p in other.parameters() if p.ndim > 1]
     assert network.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 2, 32, 32)
     assert name in EXPLOITERS
-    with pytest.raises(MedueError, match="unknown segmentation exploiter"):
-        build_exploiter("unet-groupnorm", 3, 32)
+    with pytest.raises(MedueError, match="unknown segmentation network"):
+        get_segmenter("unet-groupnorm", 3, 2, 32)

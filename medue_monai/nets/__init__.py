@@ -2,7 +2,18 @@
 
 from .cdc import CDConv2d, CDCUNet, texture_generator
 from .ensemble import ClassifierEnsemble
-from .factory import AUTO_CLASSIFIER, CLASSIFIER_NAMES, PadTo, get_classifier, resolve_classifier
+from .factory import (
+    AUTO_CLASSIFIER,
+    CLASSIFIER_NAMES,
+    SEGMENTER_NAMES,
+    PadTo,
+    get_classifier,
+    get_network,
+    get_segmenter,
+    resolve_classifier,
+    resolve_segmenter,
+    segmenter_multiple,
+)
 from .vgg import VGG11
 
 __all__ = [
@@ -12,8 +23,13 @@ __all__ = [
     "CDCUNet",
     "ClassifierEnsemble",
     "PadTo",
+    "SEGMENTER_NAMES",
     "VGG11",
     "get_classifier",
+    "get_network",
+    "get_segmenter",
     "resolve_classifier",
+    "resolve_segmenter",
+    "segmenter_multiple",
     "texture_generator",
 ]

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric, MeanIoU
-from monai.networks.nets import AttentionUnet, BasicUNetPlusPlus, SwinUNETR, UNet
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -47,6 +46,7 @@ from ..io.manifest import build_manifest, private_record, protector_record, writ
 from ..io.paths import inside
 from ..io.png import RESAMPLE_MODES, apply_delta, copy_mask, write_png
 from ..io.quantize import dtype_top
+from ..nets import SEGMENTER_NAMES, get_segmenter
 from ..protectors import get_protector_class
 from ..protectors import umed as _umed  # noqa: F401  (registers "umed")
 from ..protectors.masks import region_mask
@@ -56,14 +56,13 @@ from .resume import attach_fit_checkpoint
 
 __all__ = [
     "EXPLOITERS",
-    "build_exploiter",
     "evaluate_segmentation",
     "original_region",
     "protect_segmentation",
     "write_protected_images",
 ]
 
-EXPLOITERS = ("unet", "unet-batchnorm", "attentionunet", "basicunetplusplus", "swinunetr")
+EXPLOITERS = SEGMENTER_NAMES
 
 
 def _pair_stats(clean: np.ndarray, written: np.ndarray) -> tuple[float, int, int, int, float]:
@@ -424,50 +423,6 @@ def protect_segmentation(
     return manifest
 
 
-def build_exploiter(name: str, in_channels: int, spatial_size: int) -> torch.nn.Module:
-    """A MONAI segmentation network with 2 output channels (background, foreground).
-
-    ``unet`` is the seg-quick U-Net with MONAI's default instance normalization; ``unet-batchnorm`` is the same
-    network with batch normalization, as in the classic U-Net. The two react differently to a protected copy: an
-    instance-normalized network rescales every feature map per image, so it cannot tell "this image has no
-    shortcut" from "this image has a weak one" (see ``benchmarks/README.md``).
-
-    Args:
-        name: ``unet``, ``unet-batchnorm``, ``attentionunet``, ``basicunetplusplus`` or ``swinunetr``.
-        in_channels: image channels.
-        spatial_size: working side (SwinUNETR needs a multiple of 32).
-
-    Returns:
-        The network; BasicUNetPlusPlus is wrapped to return its first output.
-
-    Raises:
-        MedueError: for an unknown name.
-    """
-    if name in ("unet", "unet-batchnorm"):
-        norm = "batch" if name == "unet-batchnorm" else "instance"
-        return UNet(
-            2, in_channels, 2, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2, norm=norm
-        )
-    if name == "attentionunet":
-        return AttentionUnet(2, in_channels, 2, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2))
-    if name == "basicunetplusplus":
-        return _FirstOutput(BasicUNetPlusPlus(spatial_dims=2, in_channels=in_channels, out_channels=2))
-    if name == "swinunetr":
-        if spatial_size % 32:
-            raise MedueError(f"swinunetr needs a spatial size divisible by 32, got {spatial_size}")
-        return SwinUNETR(in_channels=in_channels, out_channels=2, spatial_dims=2, feature_size=24)
-    raise MedueError(f"unknown segmentation exploiter {name!r}; choose from {', '.join(EXPLOITERS)}")
-
-
-class _FirstOutput(torch.nn.Module):
-    def __init__(self, network: torch.nn.Module) -> None:
-        super().__init__()
-        self.network = network
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x)[0]
-
-
 @torch.no_grad()
 def _test(network: torch.nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float | None]:
     """Foreground Dice, Jaccard, pixel AUC and predicted foreground share on ``loader``, in percent."""
@@ -515,7 +470,7 @@ def train_segmentation_exploiter(
     Args:
         recipe: a segmentation recipe (``lr``, ``weight_decay``, ``epochs``, ``batch_size``, optional
             training-time counter-measures).
-        exploiter: network name (see :func:`build_exploiter`).
+        exploiter: network name (:func:`medue_monai.nets.get_segmenter`).
         train: training items (protected or clean).
         test: clean test items.
         device: torch device.
@@ -532,7 +487,7 @@ def train_segmentation_exploiter(
     """
     hardening = training_counter_measures(recipe)
     generator = set_seed(seed)
-    network = build_exploiter(exploiter, train.channels, train.spatial_size).to(device)
+    network = get_segmenter(exploiter, train.channels, 2, train.spatial_size).to(device)
     optimizer = torch.optim.Adam(
         network.parameters(), lr=float(recipe["lr"]), weight_decay=float(recipe.get("weight_decay", 0))
     )

@@ -17,11 +17,12 @@ from typing import Any
 import torch
 from monai.losses import DiceCELoss
 
+from ..nets import get_segmenter, resolve_segmenter
 from ..utils import MedueError
 from .base import Protector, register_protector
 from .budget import project_linf
 from .masks import REGIONS, contour_radius, region_mask
-from .surrogate import batch_tensors, build_segmenter, task_score
+from .surrogate import batch_tensors, task_score
 
 __all__ = ["EMSegProtector", "EMSegContourProtector", "EMSegROIProtector"]
 
@@ -45,6 +46,8 @@ class EMSegProtector(Protector):
         noise_steps: PGD steps per batch per round.
         stop_error: stop once ``1 - mean Dice`` of the surrogate on the perturbed training set is
             below this; ``None`` runs all rounds.
+        surrogate: the surrogate segmentation network (:func:`medue_monai.nets.get_segmenter`): ``unet``,
+            ``unet-batchnorm``, ``attentionunet``, ``basicunetplusplus`` or ``swinunetr``.
         lr: Adam learning rate of the surrogate.
         weight_decay: Adam weight decay of the surrogate.
         batch_size: minibatch size used by callers that build the loader.
@@ -72,6 +75,7 @@ class EMSegProtector(Protector):
         model_steps: int = 10,
         noise_steps: int = 20,
         stop_error: float | None = 0.01,
+        surrogate: str = "unet",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         batch_size: int = 16,
@@ -100,6 +104,7 @@ class EMSegProtector(Protector):
         self.model_steps = int(model_steps)
         self.noise_steps = int(noise_steps)
         self.stop_error = None if stop_error is None else float(stop_error)
+        self.surrogate_name = resolve_segmenter(surrogate)
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.batch_size = int(batch_size)
@@ -123,6 +128,7 @@ class EMSegProtector(Protector):
             "model_steps": self.model_steps,
             "noise_steps": self.noise_steps,
             "stop_error": self.stop_error,
+            "surrogate": self.surrogate_name,
             "lr": self.lr,
             "weight_decay": self.weight_decay,
             "batch_size": self.batch_size,
@@ -167,7 +173,9 @@ class EMSegProtector(Protector):
     def _build_surrogate(self) -> None:
         channels, height, width = self.image_shape
         torch.manual_seed(self.seed)
-        self.surrogate = build_segmenter(channels, height, width).to(self.device)
+        if height != width:
+            raise MedueError(f"{self.name}: square working sizes only, got {height}x{width}")
+        self.surrogate = get_segmenter(self.surrogate_name, channels, 2, height).to(self.device)
         self.optimizer = torch.optim.Adam(self.surrogate.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
     def _freeze(self) -> None:

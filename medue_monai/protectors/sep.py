@@ -104,7 +104,7 @@ class SEPSegProtector(SEPProtector):
     """SEP for binary segmentation: ensemble PGD towards the inverted mask with the pixel-wise DiceCE loss.
 
     Paper defaults as :class:`SEPProtector` (``eps=8/255``, 30 steps of ``1/255``, up to 30
-    checkpoints); ours: MONAI UNet surrogate (16-256 channels, strides 2x4, 2 residual units,
+    checkpoints); ours: MONAI UNet surrogate by default (16-256 channels, strides 2x4, 2 residual units,
     ``DiceCELoss``), Adam ``lr=1e-3``, cosine schedule, 30 epochs, checkpoints kept when the
     held-out foreground Dice improved; image sides must be multiples of 16.
 
@@ -113,6 +113,8 @@ class SEPSegProtector(SEPProtector):
         steps: PGD steps per restart.
         step_size: PGD sign-step size in [0, 1] units.
         restarts: random restarts (the restart with the lowest ensemble loss is kept per image).
+        surrogate: the surrogate segmentation network (:func:`medue_monai.nets.get_segmenter`): ``unet``,
+            ``unet-batchnorm``, ``attentionunet``, ``basicunetplusplus`` or ``swinunetr``.
         surrogate_epochs: epochs of clean surrogate training.
         surrogate_lr: Adam learning rate of the surrogate (cosine-annealed).
         surrogate_weight_decay: Adam weight decay of the surrogate.
@@ -137,6 +139,7 @@ class SEPSegProtector(SEPProtector):
         steps: int = 30,
         step_size: float = 1 / 255,
         restarts: int = 1,
+        surrogate: str = "unet",
         surrogate_epochs: int = 30,
         surrogate_lr: float = 1e-3,
         surrogate_weight_decay: float = 0.0,
@@ -153,7 +156,7 @@ class SEPSegProtector(SEPProtector):
             steps=steps,
             step_size=step_size,
             restarts=restarts,
-            surrogate="unet",
+            surrogate=surrogate,
             surrogate_epochs=surrogate_epochs,
             surrogate_lr=surrogate_lr,
             surrogate_weight_decay=surrogate_weight_decay,
@@ -170,6 +173,5 @@ class SEPSegProtector(SEPProtector):
 
     def config(self) -> dict:
         config = super().config()
-        config.pop("surrogate")
         config["region"] = self.region
         return config

@@ -17,10 +17,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss, DiceLoss
-from monai.networks.nets import UNet
 from tqdm.auto import tqdm
 
-from ..nets import get_classifier, resolve_classifier
+from ..nets import get_classifier, get_segmenter, resolve_classifier, resolve_segmenter
 from ..utils import MedueError
 from .base import Protector
 from .budget import project_linf
@@ -30,7 +29,6 @@ __all__ = [
     "CHECKPOINT_POLICIES",
     "SurrogatePGDProtector",
     "batch_tensors",
-    "build_segmenter",
     "per_sample_loss",
     "task_score",
 ]
@@ -62,24 +60,6 @@ def batch_tensors(batch: dict, device: torch.device, task: str) -> tuple[torch.T
         labels = labels.reshape(-1).long()
     indices = torch.as_tensor(batch["index"]).reshape(-1).long()
     return images.float().to(device), labels.to(device), indices.to(device)
-
-
-def build_segmenter(in_channels: int, height: int, width: int) -> torch.nn.Module:
-    """The segmentation surrogate: MONAI 2D UNet (16-256 channels, strides 2x4, 2 res units, 2 outputs).
-
-    Raises:
-        MedueError: when the image sides are not multiples of 16 (the four stride-2 levels) or below 32.
-    """
-    if height % 16 or width % 16 or min(height, width) < 32:
-        raise MedueError(f"segmentation surrogates need image sides >= 32 and divisible by 16, got {height}x{width}")
-    return UNet(
-        spatial_dims=2,
-        in_channels=in_channels,
-        out_channels=2,
-        channels=(16, 32, 64, 128, 256),
-        strides=(2, 2, 2, 2),
-        num_res_units=2,
-    )
 
 
 _DICE = DiceLoss(to_onehot_y=True, softmax=True, reduction="none")
@@ -133,7 +113,7 @@ class SurrogatePGDProtector(Protector):
         restarts: random restarts; the restart with the lowest final loss is kept per sample.
         surrogate: classifier name (:func:`medue_monai.nets.get_classifier`) or ``"auto"`` (ResNet-18 on a
             GPU, ``smallcnn`` on a CPU, :func:`medue_monai.nets.resolve_classifier`); ignored for segmentation
-            (the MONAI UNet of :func:`build_segmenter`).
+            (segmentation: a name of :func:`medue_monai.nets.get_segmenter`, ``"auto"`` = ``unet``).
         surrogate_epochs: epochs of clean surrogate training.
         surrogate_lr: Adam learning rate (cosine-annealed to 0 over the epochs).
         surrogate_weight_decay: Adam weight decay.
@@ -194,7 +174,10 @@ class SurrogatePGDProtector(Protector):
         self.steps = int(steps)
         self.step_size = float(step_size)
         self.restarts = int(restarts)
-        self.surrogate_name = surrogate if self.task == "segmentation" else resolve_classifier(surrogate, self.device)
+        if self.task == "segmentation":
+            self.surrogate_name = resolve_segmenter("unet" if surrogate == "auto" else surrogate)
+        else:
+            self.surrogate_name = resolve_classifier(surrogate, self.device)
         self.surrogate_epochs = int(surrogate_epochs)
         self.surrogate_lr = float(surrogate_lr)
         self.surrogate_weight_decay = float(surrogate_weight_decay)
@@ -231,9 +214,7 @@ class SurrogatePGDProtector(Protector):
     def recipe(self) -> dict[str, Any]:
         """The surrogate's training recipe, as recorded in :attr:`history` and the manifest."""
         return {
-            "network": "monai UNet(16-256, strides 2x4, 2 res units)"
-            if self.task == "segmentation"
-            else self.surrogate_name,
+            "network": self.surrogate_name,
             "loss": "DiceCELoss" if self.task == "segmentation" else "cross_entropy",
             "optimizer": "adam",
             "lr": self.surrogate_lr,
@@ -274,7 +255,9 @@ class SurrogatePGDProtector(Protector):
     def _build_model(self) -> torch.nn.Module:
         channels, height, width = self.image_shape
         if self.task == "segmentation":
-            return build_segmenter(channels, height, width).to(self.device)
+            if height != width:
+                raise MedueError(f"{self.name}: square working sizes only, got {height}x{width}")
+            return get_segmenter(self.surrogate_name, channels, 2, height).to(self.device)
         return get_classifier(self.surrogate_name, channels, self.num_classes, height).to(self.device)
 
     @staticmethod

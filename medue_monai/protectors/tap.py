@@ -101,7 +101,7 @@ class TAPSegProtector(TAPProtector):
     """TAP for binary segmentation: PGD towards the inverted mask with the pixel-wise DiceCE loss.
 
     Same defaults as :class:`TAPProtector` (paper: ``eps=8/255``, 250 steps of ``0.05 * eps``);
-    ours: the surrogate is the MONAI UNet (16-256 channels, strides 2x4, 2 residual units,
+    ours: the surrogate is by default the MONAI UNet (16-256 channels, strides 2x4, 2 residual units,
     ``DiceCELoss``) trained with Adam ``lr=1e-3``, cosine schedule, 20 epochs; image sides must
     be multiples of 16.
 
@@ -110,6 +110,8 @@ class TAPSegProtector(TAPProtector):
         steps: PGD steps per restart.
         step_fraction: PGD step size as a fraction of ``eps``.
         restarts: random restarts (the restart with the lowest loss is kept per image).
+        surrogate: the surrogate segmentation network (:func:`medue_monai.nets.get_segmenter`): ``unet``,
+            ``unet-batchnorm``, ``attentionunet``, ``basicunetplusplus`` or ``swinunetr``.
         surrogate_epochs: epochs of clean surrogate training.
         surrogate_lr: Adam learning rate of the surrogate (cosine-annealed).
         surrogate_weight_decay: Adam weight decay of the surrogate.
@@ -130,6 +132,7 @@ class TAPSegProtector(TAPProtector):
         steps: int = 250,
         step_fraction: float = 0.05,
         restarts: int = 1,
+        surrogate: str = "unet",
         surrogate_epochs: int = 20,
         surrogate_lr: float = 1e-3,
         surrogate_weight_decay: float = 0.0,
@@ -145,7 +148,7 @@ class TAPSegProtector(TAPProtector):
             steps=steps,
             step_fraction=step_fraction,
             restarts=restarts,
-            surrogate="unet",
+            surrogate=surrogate,
             surrogate_epochs=surrogate_epochs,
             surrogate_lr=surrogate_lr,
             surrogate_weight_decay=surrogate_weight_decay,
@@ -161,6 +164,5 @@ class TAPSegProtector(TAPProtector):
 
     def config(self) -> dict:
         config = super().config()
-        config.pop("surrogate")
         config["region"] = self.region
         return config

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
-from monai.networks.nets import UNet
 from skimage.feature import local_binary_pattern
 from tqdm.auto import tqdm
 
+from ..nets import get_segmenter, resolve_segmenter, segmenter_multiple
 from ..nets.cdc import CDCUNet, texture_generator
 from ..utils import MedueError
 from .base import Protector, register_protector, surrogate_reset_seed
@@ -120,7 +120,9 @@ class UMedProtector(Protector):
         epochs: total epochs of the alternation (surrogate epochs = ``ceil(epochs / cycle)``).
         batch_size: minibatch size used by callers that build the loader (CLI, bundles).
         lr_generator: Adam learning rate of both generators.
-        lr_surrogate: Adam learning rate of the surrogate U-Net.
+        lr_surrogate: Adam learning rate of the surrogate.
+        surrogate: the surrogate segmentation network (:func:`medue_monai.nets.get_segmenter`): ``unet`` (the
+            paper's U-Net; default), ``unet-batchnorm``, ``attentionunet``, ``basicunetplusplus`` or ``swinunetr``.
         cycle: epoch alternation period (``alternation="epoch"`` only): surrogate when ``epoch % cycle == 0``,
             generators otherwise.
         alternation: ``"batch"`` (default, ours: every minibatch takes ``generator_steps`` generator steps,
@@ -187,6 +189,7 @@ class UMedProtector(Protector):
         batch_size: int = 16,
         lr_generator: float = 1e-3,
         lr_surrogate: float = 1e-3,
+        surrogate: str = "unet",
         cycle: int = 5,
         alternation: str = "batch",
         generator_steps: int = 1,
@@ -233,6 +236,7 @@ class UMedProtector(Protector):
         self.batch_size = int(batch_size)
         self.lr_generator = float(lr_generator)
         self.lr_surrogate = float(lr_surrogate)
+        self.surrogate_name = resolve_segmenter(surrogate)
         self.cycle = int(cycle)
         self.alternation = alternation
         self.generator_steps = int(generator_steps)
@@ -265,6 +269,7 @@ class UMedProtector(Protector):
             "batch_size": self.batch_size,
             "lr_generator": self.lr_generator,
             "lr_surrogate": self.lr_surrogate,
+            "surrogate": self.surrogate_name,
             "cycle": self.cycle,
             "alternation": self.alternation,
             "generator_steps": self.generator_steps,
@@ -318,29 +323,22 @@ class UMedProtector(Protector):
         self.generator_optimizer = torch.optim.Adam(generator_parameters, lr=self.lr_generator)
 
     def _build_surrogate(self, seed: int | None = None) -> None:
-        """Create the surrogate U-Net (the seg-quick exploiter's architecture) and its Adam optimizer.
+        """Create the surrogate (``surrogate``; the default U-Net is the seg-quick exploiter's) and its Adam optimizer.
 
         Args:
             seed: seed of the initialization; ``None`` continues the current random stream.
         """
         if seed is not None:
             torch.manual_seed(seed)
-        self.surrogate = UNet(
-            spatial_dims=2,
-            in_channels=self.in_channels,
-            out_channels=2,
-            channels=(16, 32, 64, 128, 256),
-            strides=(2, 2, 2, 2),
-            num_res_units=2,
-        ).to(self.device)
+        self.surrogate = get_segmenter(self.surrogate_name, self.in_channels, 2).to(self.device)
         self.surrogate_optimizer = torch.optim.Adam(self.surrogate.parameters(), lr=self.lr_surrogate)
 
     @staticmethod
-    def _pad16(x: torch.Tensor, minimum: int = 16) -> tuple[torch.Tensor, tuple[int, int]]:
+    def _pad16(x: torch.Tensor, minimum: int = 16, multiple: int = 16) -> tuple[torch.Tensor, tuple[int, int]]:
         height, width = x.shape[-2:]
         pad_h, pad_w = (
-            max(minimum, height + (-height) % 16) - height,
-            max(minimum, width + (-width) % 16) - width,
+            max(minimum, height + (-height) % multiple) - height,
+            max(minimum, width + (-width) % multiple) - width,
         )
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
@@ -351,8 +349,10 @@ class UMedProtector(Protector):
         return net(padded)[..., :height, :width]
 
     def surrogate_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Surrogate U-Net logits (inputs replicate-padded to a multiple of 16, at least 32, then cropped)."""
-        padded, (height, width) = self._pad16(images, minimum=32)
+        """Surrogate logits (inputs replicate-padded to the network's multiple, 16 or 32, and at least twice it,
+        then cropped)."""
+        multiple = segmenter_multiple(self.surrogate_name)
+        padded, (height, width) = self._pad16(images, minimum=2 * multiple, multiple=multiple)
         return self.surrogate(padded)[..., :height, :width]
 
     def release_region(self, height: int, width: int) -> tuple[str, int]:
