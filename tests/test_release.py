@@ -443,17 +443,21 @@ def test_rerun_without_resume_keeps_an_interrupted_fit(tmp_path, capsys) -> None
     assert main([*args, "--overwrite"]) == 0 and not checkpoint.exists()
 
 
-def test_bilevel_trainer_refuses_what_it_does_not_run() -> None:
+def test_one_loop_runs_every_schedule_with_history_early_stop_and_finalize() -> None:
+    """fit() and BilevelTrainer are the same engine: EM's schedule and its early stop run there too."""
     from medue_monai.protectors import BilevelTrainer, EMProtector, SALMProtector
 
     loader = [{"image": torch.rand(4, 1, 8, 8), "label": torch.tensor([0, 1, 0, 1]), "index": torch.arange(4)}]
-    for protector, what in (
-        (EMProtector(epochs=1, device="cpu", progress=False), "schedule='em'"),
-        (SALMProtector(epochs=1, stop_error=0.01, device="cpu", progress=False), "stop_error"),
-        (SALMProtector(epochs=1, refine_epochs=2, device="cpu", progress=False), "refine_epochs"),
-    ):
-        with pytest.raises(MedueError, match=what):
-            BilevelTrainer(protector, loader, 2, 4, max_epochs=1)
-    protector = SALMProtector(epochs=1, surrogate="smallcnn", device="cpu", progress=False)
-    BilevelTrainer(protector, loader, 2, 4, max_epochs=2).run()
-    assert [entry["epoch"] for entry in protector.history] == [0, 1] and protector.fitted
+    em = EMProtector(epochs=5, em_model_steps=1, em_noise_steps=1, stop_error=0.99, device="cpu", progress=False)
+    trainer = BilevelTrainer(em, loader, 2, 4)
+    trainer.run()
+    # a perturbed-train error below 0.99 stops after the first round
+    assert trainer.state.epoch == 1 and len(em.history) == 1 and "perturbed_error" in em.history[0] and em.fitted
+    salm = SALMProtector(epochs=2, surrogate="smallcnn", device="cpu", progress=False)
+    BilevelTrainer(salm, loader, 2, 4).run()
+    assert [entry["epoch"] for entry in salm.history] == [0, 1] and salm.fitted
+    assert set(salm.history[0]) == {"epoch", "loss", "train_accuracy"}
+    with pytest.raises(MedueError, match="not a bi-level protector"):
+        from medue_monai.protectors import LSPProtector
+
+        BilevelTrainer(LSPProtector(device="cpu"), loader, 2, 4)

@@ -12,7 +12,7 @@ __all__ = ["attach_fit_checkpoint", "fit_checkpoint_path"]
 
 
 def fit_checkpoint_path(protector_file: str | Path) -> Path:
-    """The fit checkpoint beside the fitted protector: ``<protector file>.resume``."""
+    """The fit checkpoint folder beside the fitted protector: ``<protector file>.resume``."""
     protector_file = Path(protector_file)
     return protector_file.with_name(protector_file.name + ".resume")
 
@@ -48,11 +48,15 @@ def attach_fit_checkpoint(
             raise MedueError(f"method {protector.name!r} cannot resume an interrupted fit; run it without --resume")
         return None
     path = fit_checkpoint_path(protector_file)
-    if path.exists() and not resume and not overwrite:
-        raise MedueError(
-            f"{path}: an interrupted fit of this output is saved there; pass --resume to continue it, or "
-            "--overwrite to discard it and start afresh"
-        )
+    existing = FitCheckpoint(path, {})
+    if (existing.files() or path.is_file()) and not resume:
+        if not overwrite:
+            raise MedueError(
+                f"{path}: an interrupted fit of this output is saved there; pass --resume to continue it, or "
+                "--overwrite to discard it and start afresh"
+            )
+        existing.remove()
+        path.unlink(missing_ok=True)
     fingerprint = {
         "method": protector.name,
         "options": protector.config(),

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import time
+import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from tqdm.auto import tqdm
 
 from ..utils import MedueError, resolve_device
 
 __all__ = [
+    "BilevelProtector",
+    "EMRound",
     "FitCheckpoint",
     "Protector",
     "PROTECTORS",
@@ -68,73 +69,61 @@ def get_protector_class(name: str) -> type[Protector]:
 
 
 class FitCheckpoint:
-    """Where a resumable protector saves its training state after every epoch, so an interrupted fit resumes.
+    """Where a resumable fit keeps its epoch checkpoints, and whether to resume from them.
 
-    The file holds plain tensors and numbers (loads with ``weights_only=True``): the protector's training
-    state (networks, optimizers, perturbations, history), the epochs done, the fit seconds spent so far
-    (over all interrupted runs; a resumed run reads them into :attr:`earlier_seconds`), the global torch RNG state
-    and the loader's shuffling generator, and a ``fingerprint`` of the run (method, options, data) that
-    must match for a resume. It contains what the protection adds, so it is as private as the fitted
-    protector; callers delete it once the protected output is written.
+    The folder holds the files of MONAI's ``CheckpointSaver`` (the engine's state and a
+    :class:`~medue_monai.protectors.trainer.FitState`: the protector's training state, RNG states, the fit
+    seconds so far and the run's ``fingerprint``), plain tensors that load with ``weights_only=True``. The
+    newest two are kept, so an interruption while one is written leaves the previous one. It contains what
+    the protection adds, so it is as private as the fitted protector; callers delete it once the protected
+    output is written.
 
     Args:
-        path: checkpoint file.
-        fingerprint: JSON-like description of the run; a checkpoint with another fingerprint is refused.
-        resume: continue from ``path`` when it exists (otherwise start afresh and overwrite it).
+        path: the checkpoint folder.
+        fingerprint: JSON-like description of the run (method, options, data); a checkpoint with another
+            fingerprint is refused.
+        resume: continue from the newest readable checkpoint in ``path`` when there is one (otherwise start
+            afresh; checkpoints are written there either way).
     """
 
     def __init__(self, path: str | Path, fingerprint: dict[str, Any], resume: bool = False) -> None:
         self.path = Path(path)
         self.fingerprint = fingerprint
         self.resume = bool(resume)
-        #: fit seconds spent by the interrupted runs this one continues (read by :meth:`load`)
+        #: fit seconds spent by the interrupted runs this one continues (set when a checkpoint is loaded)
         self.earlier_seconds = 0.0
-        self._started = time.perf_counter()
 
-    def save(self, training_state: dict[str, Any], epochs_done: int, loader: Any) -> None:
-        """Write the state after ``epochs_done`` epochs (temporary file, then rename)."""
-        generator = getattr(loader, "generator", None)
-        payload = {
-            "fingerprint": self.fingerprint,
-            "epochs_done": int(epochs_done),
-            "fit_seconds": self.earlier_seconds + (time.perf_counter() - self._started),
-            "torch_rng": torch.get_rng_state(),
-            "loader_rng": generator.get_state() if isinstance(generator, torch.Generator) else None,
-            "state": training_state,
-        }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(self.path)
+    def files(self) -> list[Path]:
+        """The checkpoint files in the folder, newest epoch first."""
+        if not self.path.is_dir():
+            return []
 
-    def load(self, loader: Any) -> tuple[dict[str, Any], int] | None:
-        """Return ``(training_state, epochs_done)`` and restore the RNG states, or ``None`` (no resume).
+        def epoch(path: Path) -> int:
+            digits = "".join(ch for ch in path.stem.rsplit("=", 1)[-1] if ch.isdigit())
+            return int(digits) if digits else -1
+
+        return sorted(self.path.glob("*.pt"), key=epoch, reverse=True)
+
+    def latest_file(self) -> Path | None:
+        """The newest checkpoint that can be read (a file cut short by an interruption is skipped), or ``None``.
 
         Raises:
-            MedueError: when the file cannot be read or belongs to another run.
+            MedueError: when checkpoint files exist but none can be read.
         """
-        if not self.resume or not self.path.is_file():
-            return None
-        try:
-            payload = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise MedueError(f"{self.path}: cannot read the fit checkpoint ({err}); delete it to start afresh") from err
-        if not isinstance(payload, dict) or payload.get("fingerprint") != self.fingerprint:
-            raise MedueError(
-                f"{self.path}: this fit checkpoint belongs to another run (method, options or data differ); "
-                "delete it, or run without --resume"
-            )
-        torch.set_rng_state(payload["torch_rng"])
-        self.earlier_seconds = float(payload.get("fit_seconds", 0.0))
-        self._started = time.perf_counter()
-        generator = getattr(loader, "generator", None)
-        if isinstance(generator, torch.Generator) and payload["loader_rng"] is not None:
-            generator.set_state(payload["loader_rng"])
-        return payload["state"], int(payload["epochs_done"])
+        files = self.files()
+        for path in files:
+            try:
+                torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # noqa: BLE001 - a truncated or foreign file: try the previous one
+                continue
+            return path
+        if files:
+            raise MedueError(f"{self.path}: no readable fit checkpoint; delete the folder to start afresh")
+        return None
 
     def remove(self) -> None:
-        """Delete the checkpoint (after a successful run)."""
-        self.path.unlink(missing_ok=True)
+        """Delete the checkpoints (after a successful run)."""
+        shutil.rmtree(self.path, ignore_errors=True)
 
 
 class Protector(ABC):
@@ -157,6 +146,8 @@ class Protector(ABC):
     #: options whose default changed after checkpoints were saved without them: the value those
     #: checkpoints were fitted with, used by :func:`load_protector` when the saved config lacks the key
     legacy_defaults: ClassVar[dict[str, Any]] = {}
+    #: options of earlier versions that are gone: :func:`load_protector` drops them from a saved config
+    retired_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, eps: float = 8 / 255, seed: int = 0, device: str | torch.device = "auto") -> None:
         if not 0.0 < float(eps) <= 1.0:
@@ -272,43 +263,6 @@ class Protector(ABC):
         self.delta = state["delta"].to(self.device)
         self.history = list(state["history"])
 
-    def _resume(self, loader: Any) -> int:
-        """Load the checkpoint when resuming; returns the number of epochs already done (0 otherwise)."""
-        if self.checkpoint is None or not self.resumable:
-            return 0
-        loaded = self.checkpoint.load(loader)
-        if loaded is None:
-            return 0
-        state, epochs_done = loaded
-        self.load_training_state(state)
-        return epochs_done
-
-    def _em_rounds(self, loader: Iterable[dict]) -> tuple[Iterator[dict], tqdm]:
-        """EM's schedule (SALM's ``schedule="em"``, EM-seg): an endless batch stream for the model steps and
-        a progress bar over the rounds left, after resuming from the checkpoint when one is attached.
-
-        On a resume the stream restarts at the loader's start, so a resumed fit is not bit-identical.
-        """
-
-        def cycle() -> Iterator[dict]:
-            while True:
-                yield from loader
-
-        start = self._resume(loader)
-        bar = tqdm(
-            range(start, self.epochs),
-            initial=start,
-            total=self.epochs,
-            desc=f"{self.name} fit (EM rounds)",
-            disable=not self.progress,
-        )
-        return cycle(), bar
-
-    def _save_checkpoint(self, loader: Any, epochs_done: int) -> None:
-        """Save the training state after ``epochs_done`` epochs when a checkpoint is attached."""
-        if self.checkpoint is not None and self.resumable:
-            self.checkpoint.save(self.training_state(), epochs_done, loader)
-
     # ------------------------------------------------------------------ helpers
     def protect(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
         """Return ``clip(images + delta, 0, 1)`` for a batch."""
@@ -335,6 +289,114 @@ class Protector(ABC):
         tmp.replace(path)
 
 
+class EMRound:
+    """One round of EM's schedule as a sequence of work items: ``("model", batch)`` for ``model_steps`` batches
+    of a fresh pass over the loader, then ``("noise", batch)`` for every batch of another pass.
+
+    Each round draws its own shuffles, so a fit resumed at a round boundary repeats an uninterrupted one.
+
+    Args:
+        loader: the training loader.
+        model_steps: surrogate steps per round.
+    """
+
+    def __init__(self, loader: Iterable[dict], model_steps: int) -> None:
+        self.loader, self.model_steps = loader, int(model_steps)
+
+    def __len__(self) -> int:
+        return self.model_steps + len(self.loader)  # raises TypeError for a loader without a length
+
+    def __iter__(self) -> Iterator[tuple[str, dict]]:
+        done = 0
+        while done < self.model_steps:
+            for batch in self.loader:
+                yield "model", batch
+                done += 1
+                if done == self.model_steps:
+                    break  # before the next batch is drawn
+        for batch in self.loader:
+            yield "noise", batch
+
+
+class BilevelProtector(Protector):
+    """A protector learned by a bi-level loop, fitted by :class:`~medue_monai.protectors.trainer.BilevelTrainer`.
+
+    Subclasses implement ``prepare`` (networks, optimizers and perturbations from the first batch),
+    ``train_iteration`` (one work item of :meth:`epoch_plan`) and ``finalize``; :meth:`fit` runs the engine,
+    with the checkpoint in :attr:`checkpoint` when one is attached. Gradients pass through :meth:`_step`,
+    which averages them over processes when several fit together.
+    """
+
+    resumable = True
+    #: rows of ``delta`` this process updated (several processes: each row is taken from its owner)
+    owned: torch.Tensor | None = None
+
+    def prepare(self, first_batch: dict, num_classes: int, num_samples: int) -> None:
+        """Build what the fit needs from the first batch."""
+        raise NotImplementedError
+
+    def train_iteration(self, item: Any) -> dict[str, float]:
+        """One work item of :meth:`epoch_plan`; returns numbers averaged into the epoch record."""
+        raise NotImplementedError
+
+    def finalize(self, loader: Iterable[dict] | None = None) -> None:
+        """Freeze what was learned and mark the protector fitted."""
+        raise NotImplementedError
+
+    def epoch_plan(self, loader: Iterable[dict]) -> Iterable[Any]:
+        """What one epoch iterates (default: the loader's batches)."""
+        return loader
+
+    def epoch_length(self, loader: Iterable[dict]) -> int:
+        """The number of items of :meth:`epoch_plan` (``TypeError`` when the loader has no length)."""
+        plan = self.epoch_plan(loader)
+        if not isinstance(plan, Sized):
+            raise TypeError("no length")
+        return len(plan)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called at the start of every (0-based) epoch; nothing by default."""
+
+    def epoch_record(self, loader: Iterable[dict], epoch: int, stats: dict[str, float]) -> dict[str, Any]:
+        """The history entry of an epoch from the mean iteration outputs (subclasses add their own measures)."""
+        return {"epoch": int(epoch), **stats}
+
+    def end_epoch(self, loader: Iterable[dict], epoch: int, stats: dict[str, float]) -> dict[str, Any]:
+        """Append :meth:`epoch_record` to :attr:`history` and return it."""
+        record = self.epoch_record(loader, epoch, stats)
+        self.history.append(record)
+        return record
+
+    def _step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        """``zero_grad``, ``backward``, gradients averaged over processes, ``step``."""
+        from .distributed import average_gradients
+
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        average_gradients(p for group in optimizer.param_groups for p in group["params"])
+        optimizer.step()
+
+    def _own(self, indices: torch.Tensor) -> None:
+        """Mark rows of ``delta`` as updated by this process."""
+        if self.owned is not None:
+            self.owned[indices.to(self.owned.device)] = True
+
+    def fit(self, loader: Iterable[dict], num_classes: int, num_samples: int) -> BilevelProtector:
+        """Fit with :class:`~medue_monai.protectors.trainer.BilevelTrainer` (resumable through :attr:`checkpoint`).
+
+        Args:
+            loader: batches with ``image``, ``label`` and ``index``.
+            num_classes: number of classes (2 for binary segmentation).
+            num_samples: number of training items.
+
+        Returns:
+            ``self``, fitted.
+        """
+        from .trainer import fit_bilevel
+
+        return fit_bilevel(self, loader, num_classes, num_samples)
+
+
 def load_protector(path: str | Path, device: str | torch.device = "auto") -> Protector:
     """Load a protector saved by :meth:`Protector.save`, with ``weights_only=True``.
 
@@ -359,6 +421,8 @@ def load_protector(path: str | Path, device: str | torch.device = "auto") -> Pro
         raise MedueError(f"{path}: not a medue protector checkpoint")
     cls = get_protector_class(payload["method"])
     config = {**cls.legacy_defaults, **payload["config"], "device": device}
+    for option in cls.retired_options:
+        config.pop(option, None)
     protector = cls(**config)
     protector.load_state_dict(payload["state"])
     return protector

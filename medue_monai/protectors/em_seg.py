@@ -19,8 +19,9 @@ from monai.losses import DiceCELoss
 
 from ..nets import get_segmenter, resolve_segmenter
 from ..utils import MedueError
-from .base import Protector, register_protector
+from .base import BilevelProtector, EMRound, register_protector
 from .budget import project_linf
+from .distributed import reduce_sum
 from .masks import REGIONS, contour_radius, region_mask
 from .surrogate import batch_tensors, task_score
 
@@ -28,7 +29,7 @@ __all__ = ["EMSegProtector", "EMSegContourProtector", "EMSegROIProtector"]
 
 
 @register_protector("em-seg")
-class EMSegProtector(Protector):
+class EMSegProtector(BilevelProtector):
     """Sample-wise error-minimizing noise for binary segmentation with the pixel-wise DiceCE loss (L-inf).
 
     Defaults from the EM paper: ``eps=8/255``, ``step_size=0.8/255``, 10 model steps then 20 PGD
@@ -65,7 +66,6 @@ class EMSegProtector(Protector):
 
     task = "segmentation"
     default_region = "full"
-    resumable = True
 
     def __init__(
         self,
@@ -204,13 +204,10 @@ class EMSegProtector(Protector):
             delta = self._project(delta.detach() - self.step_size * gradient.sign(), images, masks)
         return delta.detach()
 
-    def _model_step(self, batch: dict) -> float:
-        images, masks, indices = batch_tensors(batch, self.device, self.task)
+    def _model_step(self, images: torch.Tensor, masks: torch.Tensor, indices: torch.Tensor) -> float:
         self.surrogate.train()
         loss = self.loss(self.surrogate((images + self.delta[indices]).clamp(0.0, 1.0)), masks)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self._step(self.optimizer, loss)
         return float(loss.detach())
 
     @torch.no_grad()
@@ -222,24 +219,12 @@ class EMSegProtector(Protector):
             images, masks, indices = batch_tensors(batch, self.device, self.task)
             value, n = task_score(self.surrogate((images + self.delta[indices]).clamp(0.0, 1.0)), masks, self.task)
             total, count = total + value, count + n
+        total, count = reduce_sum(total, count)
         return 1.0 - total / max(count, 1)
 
     # ------------------------------------------------------------------ fit / perturb
-    def fit(self, loader: Iterable[dict], num_classes: int, num_samples: int) -> EMSegProtector:
-        """Learn sample-wise deltas with EM's alternating schedule.
-
-        With a :class:`~medue_monai.protectors.base.FitCheckpoint` attached (``medue protect --resume``)
-        the state is saved after every round and an interrupted fit continues from the last one; the
-        model-step stream then restarts at the loader's start, so a resumed fit is not bit-identical
-        to an uninterrupted one.
-
-        Args:
-            loader: batches with ``image`` (B,C,H,W), ``label`` (B,1,H,W masks) and ``index``.
-            num_classes: must be 2 (binary segmentation).
-            num_samples: training set size.
-
-        Returns:
-            ``self``, fitted.
+    def prepare(self, first_batch: dict, num_classes: int, num_samples: int) -> None:
+        """Build the surrogate and zero deltas for the first batch's image shape.
 
         Raises:
             MedueError: when ``num_classes`` is not 2.
@@ -247,31 +232,40 @@ class EMSegProtector(Protector):
         if int(num_classes) != 2:
             raise MedueError(f"{self.name}: binary segmentation only (num_classes=2), got {num_classes}")
         torch.manual_seed(self.seed)
-        images, _, _ = batch_tensors(next(iter(loader)), self.device, self.task)
+        images, _, _ = batch_tensors(first_batch, self.device, self.task)
         self.image_shape = tuple(int(s) for s in images.shape[1:])
         self._build_surrogate()
         self.delta = torch.zeros((num_samples,) + self.image_shape, device=self.device)
+        self.owned = torch.zeros(num_samples, dtype=torch.bool)
         self.history = []
-        stream, bar = self._em_rounds(loader)
-        for round_index in bar:
-            losses = [self._model_step(next(stream)) for _ in range(self.model_steps)]
-            for batch in loader:
-                images, masks, indices = batch_tensors(batch, self.device, self.task)
-                self.delta[indices] = self._descend(images, masks, self.delta[indices], self.noise_steps)
-            record = {"round": round_index, "loss": sum(losses) / len(losses)}
-            if self.stop_error is not None:
-                record["perturbed_error"] = self.perturbed_error(loader)
-            self.history.append(record)
-            bar.set_postfix({k: round(v, 4) for k, v in record.items() if k != "round"})
-            stop = self.stop_error is not None and record["perturbed_error"] < self.stop_error
-            self._save_checkpoint(loader, self.epochs if stop else round_index + 1)
-            if stop:
-                break
-        # kept at float16 precision, as saved, so a reloaded protector releases identical deltas
+
+    def epoch_plan(self, loader: Iterable[dict]) -> EMRound:
+        """EM's round: ``model_steps`` surrogate steps, then a pass of ``noise_steps`` PGD steps per batch."""
+        return EMRound(loader, self.model_steps)
+
+    def train_iteration(self, item: tuple[str, dict]) -> dict[str, float]:
+        """A surrogate step (``("model", batch)``) or the noise steps of a batch (``("noise", batch)``)."""
+        kind, batch = item
+        images, masks, indices = batch_tensors(batch, self.device, self.task)
+        if kind == "model":
+            return {"loss": self._model_step(images, masks, indices)}
+        self._own(indices)
+        self.delta[indices] = self._descend(images, masks, self.delta[indices], self.noise_steps)
+        return {}
+
+    def epoch_record(self, loader: Iterable[dict], epoch: int, stats: dict[str, float]) -> dict[str, Any]:
+        """The round's mean surrogate loss, and the perturbed-train error when ``stop_error`` is set."""
+        record = {"round": int(epoch), **stats}
+        if self.stop_error is not None:
+            record["perturbed_error"] = self.perturbed_error(loader)
+        return record
+
+    def finalize(self, loader: Iterable[dict] | None = None) -> None:
+        """Keep the deltas at float16 precision, as saved (a reloaded protector releases identical deltas), and
+        freeze the surrogate."""
         self.delta = self.delta.half().float()
         self._freeze()
         self.fitted = True
-        return self
 
     def perturb(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
         """Return the learned delta of fitted items, or ``apply_steps`` of error-minimizing PGD for new ones.

@@ -17,12 +17,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..nets import ClassifierEnsemble, get_classifier, resolve_classifier
 from ..utils import MedueError
 from .augment import TRANSFORM_NAMES, parse_transform_names, sample_transform
-from .base import Protector, register_protector, surrogate_reset_seed
+from .base import BilevelProtector, EMRound, register_protector, surrogate_reset_seed
 from .budget import (
     TILE_PATTERNS,
     block_average,
@@ -32,6 +31,7 @@ from .budget import (
     tile_side,
     topk_position_mask,
 )
+from .distributed import reduce_sum
 
 __all__ = ["SALMProtector", "EMProtector"]
 
@@ -56,7 +56,7 @@ def _batch_tensors(batch: dict, device: torch.device) -> tuple[torch.Tensor, tor
 
 
 @register_protector("salm")
-class SALMProtector(Protector):
+class SALMProtector(BilevelProtector):
     """Sparsity-aware local masking (SALM), sample-wise or class-wise, with an L-inf and an L0 budget.
 
     Defaults from the SALM paper: ``eps=8/255``, ``k=10``, SGD ``momentum=0.9``, ``weight_decay=5e-4``,
@@ -128,8 +128,6 @@ class SALMProtector(Protector):
             released noise is NOT limited to K% of the positions (``l0_share`` in the evaluation says how
             many changed). For comparison with the paper's numbers only: on BreastMNIST (CPU, seeds 0-2) it
             touched about 20 % of the positions and left 62.82 / 68.59 / 61.54 %, no better than ``"final"``.
-        refine_epochs: with ``l0_projection="final"``, extra passes after the hard threshold in which
-            noise and surrogate keep training with the K% projection at every step (0 = none).
         anneal_fraction: with ``l0_projection="anneal"``, the share of ``epochs`` over which the budget
             shrinks to K, in (0, 1].
         reset_every: re-initialize the surrogate every this many epochs (0 = never), so the noise keeps
@@ -200,9 +198,10 @@ class SALMProtector(Protector):
         MedueError: for options outside their ranges.
     """
 
-    resumable = True
     # checkpoints saved before ``block`` existed hold per-pixel noise
     legacy_defaults = {"block": 1, "pattern": "flat"}
+    # options of earlier versions that are gone; a saved protector that names them still loads
+    retired_options = ("refine_epochs",)
 
     def __init__(
         self,
@@ -225,7 +224,6 @@ class SALMProtector(Protector):
         classwise: bool = False,
         apply_steps: int = 20,
         l0_projection: str = "final",
-        refine_epochs: int = 0,
         anneal_fraction: float = 0.5,
         reset_every: int = 0,
         rank: str = "magnitude",
@@ -291,7 +289,6 @@ class SALMProtector(Protector):
         self.classwise = bool(classwise)
         self.apply_steps = int(apply_steps)
         self.l0_projection = l0_projection
-        self.refine_epochs = int(refine_epochs)
         self.anneal_fraction = float(anneal_fraction)
         self.reset_every = int(reset_every)
         self.rank = rank
@@ -331,7 +328,6 @@ class SALMProtector(Protector):
             "classwise": self.classwise,
             "apply_steps": self.apply_steps,
             "l0_projection": self.l0_projection,
-            "refine_epochs": self.refine_epochs,
             "anneal_fraction": self.anneal_fraction,
             "reset_every": self.reset_every,
             "rank": self.rank,
@@ -467,6 +463,8 @@ class SALMProtector(Protector):
         """
         self.surrogate.eval()
         keys = self._keys(labels, indices)
+        if not self.classwise:
+            self._own(indices)
         shuffled = images[self._permutation(len(images))] if self.mix_images else None
         for _ in range(steps):
             gradient = self._delta_gradient(images, self.delta[keys], labels)
@@ -494,20 +492,35 @@ class SALMProtector(Protector):
                 f"{self.name}: the surrogate diverged (loss {float(loss)}); "
                 "lower its learning rate, e.g. --option lr=0.01"
             )
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self._step(self.optimizer, loss)
         return float(loss.detach()), float((logits.argmax(1) == labels).float().mean())
 
-    def train_iteration(self, batch: dict) -> dict[str, float]:
-        """One step of SALM's Algorithm 1 on a collated batch: noise steps, then one model step.
+    def train_iteration(self, item: Any) -> dict[str, float]:
+        """One work item of the epoch (the body that :class:`~medue_monai.protectors.BilevelTrainer` runs).
 
-        This is the body shared by :meth:`fit` and :class:`medue_monai.protectors.BilevelTrainer`.
+        ``schedule="minibatch"`` (SALM's Algorithm 1): a collated batch, its noise steps then one model step.
+        ``schedule="em"``: ``("model", batch)``, one surrogate step, or ``("noise", batch)``, ``em_noise_steps``
+        noise steps (:class:`~medue_monai.protectors.base.EMRound`).
         """
+        kind, batch = item if isinstance(item, tuple) else ("both", item)
         images, labels, indices = _batch_tensors(batch, self.device)
-        self.noise_step(images, labels, indices, self.noise_steps)
+        if kind != "model":
+            self.noise_step(images, labels, indices, self.noise_steps if kind == "both" else self.em_noise_steps)
+        if kind == "noise":
+            return {}
         loss, accuracy = self.model_step(images, labels, indices)
-        return {"loss": loss, "accuracy": accuracy}
+        return {"loss": loss, "train_accuracy": accuracy}
+
+    def epoch_plan(self, loader: Iterable[dict]) -> Iterable[Any]:
+        """The minibatch schedule iterates the loader; EM's schedule a round (:class:`EMRound`)."""
+        return loader if self.schedule == "minibatch" else EMRound(loader, self.em_model_steps)
+
+    def epoch_record(self, loader: Iterable[dict], epoch: int, stats: dict[str, float]) -> dict[str, Any]:
+        """Loss and accuracy of the epoch's surrogate steps, and the perturbed-train error with ``stop_error``."""
+        record = {"epoch": int(epoch), **stats}
+        if self.stop_error is not None:
+            record["perturbed_error"] = self.perturbed_error(loader)
+        return record
 
     @torch.no_grad()
     def perturbed_error(self, loader: Iterable[dict]) -> float:
@@ -519,16 +532,19 @@ class SALMProtector(Protector):
             inputs = (images + self.delta[self._keys(labels, indices)]).clamp(0.0, 1.0)
             wrong += int((self.surrogate(inputs).argmax(1) != labels).sum())
             total += len(labels)
+        wrong, total = reduce_sum(wrong, total)
         return wrong / max(total, 1)
 
     def prepare(self, first_batch: dict, num_classes: int, num_samples: int) -> None:
-        """Create the surrogate, its optimizer and the zero deltas (called by :meth:`fit` and trainers)."""
+        """Create the surrogate, its optimizer and the zero deltas (called by the trainer)."""
+        torch.manual_seed(self.seed)
         images, _, _ = _batch_tensors(first_batch, self.device)
         self.image_shape = tuple(int(s) for s in images.shape[1:])
         self.num_classes = int(num_classes)
         self._build_surrogate()
         rows = num_classes if self.classwise else num_samples
         self.delta = torch.zeros((rows,) + self.image_shape, device=self.device)
+        self.owned = torch.zeros(rows, dtype=torch.bool)
         self.history = []
 
     def hard_threshold(self, loader: Iterable[dict] | None = None) -> None:
@@ -554,32 +570,7 @@ class SALMProtector(Protector):
         self._freeze()
         self.fitted = True
 
-    # ------------------------------------------------------------------ fit / perturb
-    def fit(self, loader: Iterable[dict], num_classes: int, num_samples: int) -> SALMProtector:
-        """Run the bi-level min-min loop on the clean training loader.
-
-        Args:
-            loader: batches with ``image`` (B,C,H,W in [0,1]), ``label`` (B,) and ``index`` (B,).
-            num_classes: number of classes.
-            num_samples: training set size.
-
-        Returns:
-            ``self``, fitted.
-        """
-        torch.manual_seed(self.seed)
-        self.prepare(next(iter(loader)), num_classes, num_samples)
-        if self.schedule == "minibatch":
-            self._fit_minibatch(loader, self.epochs, checkpointed=True)
-        else:
-            self._fit_em(loader)
-        if self.refine_epochs and self.l0_projection == "final":
-            self.hard_threshold(loader)
-            self._l0_each_step = True
-            self._fit_minibatch(loader, self.refine_epochs, offset=len(self.history))
-            self._l0_each_step = False
-        self.finalize(loader)
-        return self
-
+    # ------------------------------------------------------------------ resume / perturb
     def training_state(self) -> dict[str, Any]:
         """Surrogate, optimizer, perturbations, history and the transform generator (for resuming)."""
         return {**self._surrogate_training_state(), "generator": self.generator.get_state()}
@@ -588,55 +579,6 @@ class SALMProtector(Protector):
         """Restore :meth:`training_state` after :meth:`prepare` built the surrogate for the same data."""
         self._restore_surrogate_state(state)
         self.generator.set_state(state["generator"])
-
-    def _after_epoch(self, loader: Iterable[dict], epoch: int, stats: dict[str, float], bar: tqdm) -> bool:
-        record = {"epoch": epoch, **stats}
-        if self.stop_error is not None:
-            record["perturbed_error"] = self.perturbed_error(loader)
-        self.history.append(record)
-        bar.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
-        return self.stop_error is not None and record["perturbed_error"] < self.stop_error
-
-    def _fit_minibatch(self, loader: Iterable[dict], epochs: int, offset: int = 0, checkpointed: bool = False) -> None:
-        start = self._resume(loader) if checkpointed else 0
-        bar = tqdm(
-            range(offset + start, offset + epochs),
-            initial=start,
-            total=epochs,
-            desc=f"{self.name} fit",
-            disable=not self.progress,
-        )
-        for epoch in bar:
-            self.set_epoch(epoch)
-            losses, accuracies = [], []
-            for batch in loader:
-                out = self.train_iteration(batch)
-                losses.append(out["loss"])
-                accuracies.append(out["accuracy"])
-            stats = {"loss": sum(losses) / len(losses), "train_accuracy": sum(accuracies) / len(accuracies)}
-            stop = self._after_epoch(loader, epoch, stats, bar)
-            if checkpointed:
-                self._save_checkpoint(loader, epochs if stop else epoch + 1)
-            if stop:
-                break
-
-    def _fit_em(self, loader: Iterable[dict]) -> None:
-        """EM's schedule; resuming restarts the model-step stream at the loader's start (not bit-identical)."""
-        stream, bar = self._em_rounds(loader)
-        for round_index in bar:
-            self.set_epoch(round_index)
-            losses, accuracies = [], []
-            for _ in range(self.em_model_steps):
-                loss, accuracy = self.model_step(*_batch_tensors(next(stream), self.device))
-                losses.append(loss)
-                accuracies.append(accuracy)
-            for batch in loader:
-                self.noise_step(*_batch_tensors(batch, self.device), steps=self.em_noise_steps)
-            stats = {"loss": sum(losses) / len(losses), "train_accuracy": sum(accuracies) / len(accuracies)}
-            stop = self._after_epoch(loader, round_index, stats, bar)
-            self._save_checkpoint(loader, self.epochs if stop else round_index + 1)
-            if stop:
-                break
 
     def perturb(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
         """Return the released perturbation for a batch.

@@ -29,12 +29,11 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from skimage.feature import local_binary_pattern
-from tqdm.auto import tqdm
 
 from ..nets import get_segmenter, resolve_segmenter, segmenter_multiple
 from ..nets.cdc import CDCUNet, texture_generator
 from ..utils import MedueError
-from .base import Protector, register_protector, surrogate_reset_seed
+from .base import BilevelProtector, register_protector, surrogate_reset_seed
 from .masks import contour_band, contour_radius, dilate_mask
 
 __all__ = [
@@ -86,7 +85,7 @@ def _tensor(value: Any) -> torch.Tensor:
 
 
 @register_protector("umed")
-class UMedProtector(Protector):
+class UMedProtector(BilevelProtector):
     """UMed: generators of contour- and texture-aware perturbations, trained against a surrogate U-Net.
 
     Defaults from the paper: ``eps=4/255``, Adam optimizers, batch 16, ``cycle=5`` (surrogate epoch when
@@ -180,7 +179,6 @@ class UMedProtector(Protector):
     """
 
     task = "segmentation"
-    resumable = True
 
     def __init__(
         self,
@@ -512,9 +510,7 @@ class UMedProtector(Protector):
             objective = loss + self.clean_negatives * self.loss(clean_logits, torch.zeros_like(labels))
         else:
             loss = objective = self.loss(self.surrogate_logits(protected), labels)
-        self.surrogate_optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        self.surrogate_optimizer.step()
+        self._step(self.surrogate_optimizer, objective)
         # "loss" stays the DiceCE on the perturbed batch (comparable with and without clean negatives)
         return {"loss": float(loss.detach()), "phase_surrogate": 1.0}
 
@@ -528,9 +524,7 @@ class UMedProtector(Protector):
             delta_c, delta_t = self.deltas(images, labels, regions)
             protected = (images + delta_c + delta_t).clamp(0.0, 1.0)
             loss = self.loss(self.surrogate_logits(protected), labels)
-            self.generator_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.generator_optimizer.step()
+            self._step(self.generator_optimizer, loss)
         finally:
             self.surrogate.requires_grad_(True)
         return {"loss": float(loss.detach()), "phase_surrogate": 0.0}
@@ -542,36 +536,9 @@ class UMedProtector(Protector):
             net.requires_grad_(False)
         self.fitted = True
 
-    def fit(self, loader: Iterable[dict], num_classes: int = 2, num_samples: int = 0) -> UMedProtector:
-        """Run ``epochs`` epochs of the paper's alternation over ``loader``.
-
-        Args:
-            loader: batches with ``image`` ``(B, C, H, W)`` and ``label`` ``(B, 1, H, W)``.
-            num_classes: 2 (background + foreground).
-            num_samples: number of training items (informational).
-
-        Returns:
-            ``self``, fitted.
-        """
-        self.prepare(next(iter(loader)), num_classes, num_samples)
-        start = self._resume(loader)
-        bar = tqdm(
-            range(start, self.epochs),
-            initial=start,
-            total=self.epochs,
-            desc="umed fit",
-            disable=not self.progress,
-            leave=False,
-        )
-        for epoch in bar:
-            self.set_epoch(epoch)
-            losses = [self.train_iteration(batch)["loss"] for batch in loader]
-            record = {"epoch": epoch, "phase": self.phase(), "loss": float(np.mean(losses))}
-            self.history.append(record)
-            bar.set_postfix(phase=record["phase"][:3], loss=f"{record['loss']:.3f}")
-            self._save_checkpoint(loader, epoch + 1)
-        self.finalize()
-        return self
+    def epoch_record(self, loader: Iterable[dict], epoch: int, stats: dict[str, float]) -> dict[str, Any]:
+        """The epoch's phase (``both``, ``surrogate`` or ``generators``) and mean loss."""
+        return {"epoch": int(epoch), "phase": self.phase(epoch), "loss": float(stats.get("loss", float("nan")))}
 
     def training_state(self) -> dict[str, Any]:
         """Networks, optimizers and history (for resuming an interrupted fit)."""
