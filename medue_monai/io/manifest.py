@@ -133,7 +133,7 @@ def private_record(
     spec: str,
     source: str | Path | None,
     data_root: str | Path | None,
-    release: str | Path,
+    release: str | Path | None,
     held_out: dict[str, Any],
     split: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
@@ -143,7 +143,7 @@ def private_record(
         spec: the data spec as given.
         source: the resolved source file or folder, or ``None`` for in-process data.
         data_root: the data root given, if any.
-        release: the release folder.
+        release: the release folder (``None`` when the protector is saved before any release is written).
         held_out: ``{"split": name, "count": n, "in_release": bool}`` for the images kept to measure the protection.
         split: the train / test ids of a folder source.
 
@@ -154,7 +154,7 @@ def private_record(
         "spec": spec,
         "source": str(Path(source).resolve()) if source else None,
         "data_root": str(Path(data_root).resolve()) if data_root else None,
-        "release": str(Path(release).resolve()),
+        "release": str(Path(release).resolve()) if release else None,
         "held_out": dict(held_out),
         "split": {name: list(ids) for name, ids in (split or {}).items()},
     }

@@ -5,7 +5,6 @@ The CLI, the bundles and the tests all go through these two functions.
 
 from __future__ import annotations
 
-import inspect
 import time
 from pathlib import Path
 from typing import Any
@@ -24,24 +23,17 @@ from ..evaluation import (
 from ..evaluation.recipes import check_clean_run, counter_measures
 from ..evaluation.report import write_results
 from ..io import (
-    atomic_output_dir,
-    atomic_output_file,
     build_manifest,
-    check_output_dir,
-    check_output_file,
-    protector_path,
     protector_record,
     quantize_protected,
     write_manifest,
 )
-from ..io.manifest import private_record
 from ..io.npz import write_npz
 from ..io.paths import inside
 from ..protectors import get_protector_class
 from ..transforms.defenses import apply_defense
-from ..utils import MedueError, resolve_device, set_seed
-from .release import held_out_entry, open_release, resolve_clean_source
-from .resume import attach_fit_checkpoint
+from ..utils import MedueError, resolve_device
+from .release import open_release, resolve_clean_source
 
 __all__ = ["protect_classification", "evaluate_classification"]
 
@@ -124,85 +116,95 @@ def protect_classification(
     Raises:
         MedueError: bad data, options or output paths.
     """
-    cls = get_protector_class(method)
-    if cls.task != "classification":
-        raise MedueError(f"method {method!r} is for {cls.task}; {data!r} is a classification dataset")
-    source = load_classification_spec(data, data_root=data_root, limit=limit)
-    inputs = (source.path,) if source.path else ()
-    out = check_output_dir(out, overwrite=overwrite, inputs=inputs)
-    protector_file = check_output_file(protector_path(out, protector_out), overwrite=overwrite, inputs=inputs)
-    generator = set_seed(seed)
-    try:
-        protector = cls(seed=seed, device=resolve_device(device), progress=progress, **options)
-    except TypeError as err:
-        raise MedueError(f"method {method!r}: {err}") from err
-    batch_size = int(batch_size or getattr(protector, "batch_size", 64))
-    train = source.dataset("train")
-    loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers)
-    fit_kwargs = {}
-    if "val_loader" in inspect.signature(protector.fit).parameters:  # SEP/TAP score checkpoints on MedMNIST's val
-        fit_kwargs["val_loader"] = DataLoader(source.dataset("val"), batch_size=batch_size, num_workers=num_workers)
-    run = {"data": data, "seed": seed, "limit": limit, "batch_size": batch_size}
-    checkpoint = attach_fit_checkpoint(protector, protector_file, source.path, run, resume, overwrite)
+    if get_protector_class(method).task != "classification":
+        raise MedueError(f"method {method!r} is for segmentation; {data!r} is a classification dataset")
+    from .protect import protect
+
+    return protect(
+        data,
+        out,
+        method,
+        options,
+        overwrite=overwrite,
+        protector_out=protector_out,
+        resume=resume,
+        seed=seed,
+        device=device,
+        limit=limit,
+        data_root=data_root,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+        include_test=include_test,
+    )
+
+
+def write_classification_release(run, folder: Path, protector_file: str | Path, fit: dict[str, Any]) -> dict[str, Any]:
+    """Write a classification release (``<name>.npz`` and ``manifest.json``) into ``folder``.
+
+    Every image in the npz is protected: ``train_images`` with the perturbations learned for them, ``val_images``
+    (and ``test_images`` when the run includes the test split) by the fitted protector as unseen images; labels
+    and any other keys are copied with their dtype and shape.
+
+    Args:
+        run: the :class:`~medue_monai.pipeline.protect.ProtectionRun` with its fitted protector.
+        folder: the (temporary) release folder.
+        protector_file: the saved protector, hashed into the manifest.
+        fit: the fit's timing (``seconds``, ``seconds_before_resume``, ``device``).
+
+    Returns:
+        The manifest written.
+    """
+    protector, source = run.protector, run.source
+    splits = ("train", "val", "test") if run.include_test else ("train", "val")
     started = time.perf_counter()
-    protector.fit(loader, source.num_classes, len(train), **fit_kwargs)
-    fit_seconds = time.perf_counter() - started
-    splits = ("train", "val", "test") if include_test else ("train", "val")
-    started = time.perf_counter()
-    written = {split: _protect_split(protector, source, split, batch_size, num_workers, progress) for split in splits}
+    written = {
+        split: _protect_split(protector, source, split, run.batch_size, run.num_workers, run.progress)
+        for split in splits
+    }
     apply_seconds = time.perf_counter() - started
-    arrays = {key: value for key, value in source.arrays.items() if not key.startswith("test_") or include_test}
+    arrays = {key: value for key, value in source.arrays.items() if not key.startswith("test_") or run.include_test}
     for split in splits:
         arrays[f"{split}_images"] = written[split]
     realized = {split: budget_metrics(source.arrays[f"{split}_images"], written[split]) for split in splits}
-    budget = protector.budget_info()
-    held_out = held_out_entry("test", len(source.images("test")), include_test)
     file_name = f"{source.name}.npz"
-    record = private_record(spec=data, source=source.path, data_root=data_root, release=out, held_out=held_out)
-    with (
-        atomic_output_file(protector_file, overwrite, private=True) as saved,
-        atomic_output_dir(out, overwrite) as folder,
-    ):
-        write_npz(folder / file_name, arrays)
-        protector.save(saved, record=record)
-        manifest = build_manifest(
-            task="classification",
-            method=method,
-            options=protector.config(),
-            seed=seed,
-            source=source.path,
-            data_spec=data,
-            output_files={file_name: folder / file_name},
-            counts={split: int(written[split].shape[0]) for split in splits},
-            extra={
-                "dataset": {
-                    "name": source.name,
-                    "file": file_name,
-                    "num_classes": source.num_classes,
-                    "in_channels": source.in_channels,
-                    "spatial_size": list(source.spatial_size),
-                    "dtype": str(source.dtype),
-                    "limit": limit,
-                    "protected_splits": list(splits),
-                    "carried_keys": sorted(set(arrays) - {f"{split}_images" for split in splits}),
-                },
-                "held_out": held_out,
-                "budget": {**budget, "realized": realized["train"], "realized_by_split": realized},
-                "timing": {
-                    "fit_seconds": fit_seconds,
-                    # a resumed fit: the seconds its interrupted runs spent before (fit_seconds is this run's)
-                    "fit_seconds_before_resume": checkpoint.earlier_seconds if checkpoint is not None else 0.0,
-                    "apply_seconds": apply_seconds,
-                    "images_per_second": len(train) / max(fit_seconds + apply_seconds, 1e-9),
-                    "device": str(protector.device),
-                },
-                "history": getattr(protector, "history", []),
-                "protector": protector_record(saved),
+    write_npz(folder / file_name, arrays)
+    manifest = build_manifest(
+        task="classification",
+        method=run.method,
+        options=protector.config(),
+        seed=run.seed,
+        source=source.path,
+        data_spec=run.data,
+        output_files={file_name: folder / file_name},
+        counts={split: int(written[split].shape[0]) for split in splits},
+        extra={
+            "dataset": {
+                "name": source.name,
+                "file": file_name,
+                "num_classes": source.num_classes,
+                "in_channels": source.in_channels,
+                "spatial_size": list(source.spatial_size),
+                "dtype": str(source.dtype),
+                "limit": run.limit,
+                "protected_splits": list(splits),
+                "carried_keys": sorted(set(arrays) - {f"{split}_images" for split in splits}),
             },
-        )
-        write_manifest(folder, manifest)
-    if checkpoint is not None:
-        checkpoint.remove()
+            "held_out": run.held_out,
+            "budget": {**protector.budget_info(), "realized": realized["train"], "realized_by_split": realized},
+            "timing": {
+                "fit_seconds": fit["seconds"],
+                # a resumed fit: the seconds its interrupted runs spent before (fit_seconds is this run's)
+                "fit_seconds_before_resume": fit["seconds_before_resume"],
+                "apply_seconds": apply_seconds,
+                "images_per_second": run.num_samples / max(fit["seconds"] + apply_seconds, 1e-9),
+                "device": fit["device"],
+            },
+            "history": getattr(protector, "history", []),
+            "protector": protector_record(protector_file),
+        },
+    )
+    write_manifest(folder, manifest)
     return manifest
 
 

@@ -35,24 +35,21 @@ from ..data.segmentation import (
     read_mask_array,
     resize_image,
     resize_mask,
-    split_ids,
 )
 from ..evaluation.hardening import harden_batch, training_counter_measures
 from ..evaluation.invisibility import invisibility_metrics
 from ..evaluation.pixels import PixelScores
 from ..evaluation.recipes import check_clean_run, counter_measures, get_recipe
-from ..io.atomic import atomic_output_dir, atomic_output_file, check_output_dir, check_output_file, protector_path
-from ..io.manifest import build_manifest, private_record, protector_record, write_manifest
+from ..io.manifest import build_manifest, protector_record, write_manifest
 from ..io.paths import inside
-from ..io.png import RESAMPLE_MODES, apply_delta, copy_mask, write_png
+from ..io.png import apply_delta, copy_mask, write_png
 from ..io.quantize import dtype_top
 from ..nets import SEGMENTER_NAMES, get_segmenter
 from ..protectors import get_protector_class
 from ..protectors import umed as _umed  # noqa: F401  (registers "umed")
 from ..protectors.masks import region_mask
 from ..utils import MedueError, resolve_device, set_seed
-from .release import held_out_entry, open_release, resolve_clean_source
-from .resume import attach_fit_checkpoint
+from .release import open_release, resolve_clean_source
 
 __all__ = [
     "EXPLOITERS",
@@ -306,120 +303,114 @@ def protect_segmentation(
     Raises:
         MedueError: bad data, options or output folder (nothing is written then).
     """
-    cls = get_protector_class(method)
-    if cls.task != "segmentation":
-        raise MedueError(f"method {method!r} is for {cls.task}; {data!r} is a segmentation dataset")
-    if resample not in RESAMPLE_MODES:
-        raise MedueError(f"resample must be one of {RESAMPLE_MODES}, got {resample!r}")
-    if limit is not None and int(limit) < 1:
-        raise MedueError(f"limit must be >= 1, got {limit}")
-    source = load_segmentation_source(data, data_root=data_root)
-    out_path = check_output_dir(out, overwrite=overwrite, inputs=(source.path,))
-    protector_file = check_output_file(
-        protector_path(out_path, protector_out), overwrite=overwrite, inputs=(source.path,)
-    )
-    generator = set_seed(seed)
-    try:
-        protector = cls(**{"progress": progress, **options, "seed": seed, "device": resolve_device(device)})
-    except TypeError as err:
-        raise MedueError(f"method {method!r}: {err}") from err
-    split = split_ids(source.ids, seed=seed)
-    if limit is not None:
-        split["train"] = split["train"][: int(limit)]
-    train_records, test_records = source.subset(split["train"]), source.subset(split["test"])
-    channels = source.in_channels
-    train = SegmentationDataset(train_records, spatial_size, channels)
-    batch_size = int(batch_size or getattr(protector, "batch_size", 16))
-    loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers)
-    run = {"data": str(data), "seed": seed, "limit": limit, "batch_size": batch_size, "spatial_size": spatial_size}
-    checkpoint = attach_fit_checkpoint(protector, protector_file, source.path, run, resume, overwrite)
-    started = time.perf_counter()
-    protector.fit(loader, 2, len(train))
-    fit_seconds = time.perf_counter() - started
+    if get_protector_class(method).task != "segmentation":
+        raise MedueError(f"method {method!r} is for classification; {data!r} is a segmentation dataset")
+    from .protect import protect
 
-    budget = protector.budget_info()
-    region, radius = protector.release_region(spatial_size, spatial_size)
-    released = {"train": train_records, **({"test": test_records} if include_test else {})}
-    held_out = held_out_entry("test", len(test_records), include_test)
-    record = private_record(
-        spec=str(data), source=source.path, data_root=data_root, release=out_path, held_out=held_out, split=split
+    return protect(
+        data,
+        out,
+        method,
+        options,
+        overwrite=overwrite,
+        protector_out=protector_out,
+        resume=resume,
+        seed=seed,
+        device=device,
+        limit=limit,
+        data_root=data_root,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+        spatial_size=spatial_size,
+        resample=resample,
+        include_test=include_test,
     )
-    with (
-        atomic_output_file(protector_file, overwrite, private=True) as saved,
-        atomic_output_dir(out_path, overwrite=overwrite) as folder,
-    ):
-        started = time.perf_counter()
-        items, realized, empty = write_protected_images(
-            protector,
-            released,
-            folder,
-            spatial_size=spatial_size,
-            channels=channels,
-            batch_size=batch_size,
-            resample=resample,
-            num_workers=num_workers,
-            progress=progress,
-        )
-        apply_seconds = time.perf_counter() - started
-        protector.save(saved, record=record)
-        jpeg = sum(1 for records in released.values() for r in records if r.format.upper() in ("JPEG", "MPO"))
-        manifest = build_manifest(
-            task="segmentation",
-            method=method,
-            options=protector.config(),
-            seed=seed,
-            source=source.path,
-            data_spec=str(data),
-            output_files={"images": folder / "images", "masks": folder / "masks"},
-            counts={
-                "train": len(train_records),
-                "test": len(test_records) if include_test else 0,
-                "empty_masks_train": empty["train"],
-                "empty_masks_test": empty.get("test", 0),
+
+
+def write_segmentation_release(run, folder: Path, protector_file: str | Path, fit: dict[str, Any]) -> dict[str, Any]:
+    """Write a segmentation release (``images/``, ``masks/``, ``manifest.json``) into ``folder``.
+
+    Args:
+        run: the :class:`~medue_monai.pipeline.protect.ProtectionRun` with its fitted protector.
+        folder: the (temporary) release folder.
+        protector_file: the saved protector, hashed into the manifest.
+        fit: the fit's timing (``seconds``, ``seconds_before_resume``, ``device``).
+
+    Returns:
+        The manifest written.
+    """
+    protector, source, spatial_size = run.protector, run.source, run.spatial_size
+    region, radius = protector.release_region(spatial_size, spatial_size)
+    released = {"train": run.train_records, **({"test": run.test_records} if run.include_test else {})}
+    started = time.perf_counter()
+    items, realized, empty = write_protected_images(
+        protector,
+        released,
+        folder,
+        spatial_size=spatial_size,
+        channels=source.in_channels,
+        batch_size=run.batch_size,
+        resample=run.resample,
+        num_workers=run.num_workers,
+        progress=run.progress,
+    )
+    apply_seconds = time.perf_counter() - started
+    jpeg = sum(1 for records in released.values() for r in records if r.format.upper() in ("JPEG", "MPO"))
+    manifest = build_manifest(
+        task="segmentation",
+        method=run.method,
+        options=protector.config(),
+        seed=run.seed,
+        source=source.path,
+        data_spec=run.data,
+        output_files={"images": folder / "images", "masks": folder / "masks"},
+        counts={
+            "train": len(run.train_records),
+            "test": len(run.test_records) if run.include_test else 0,
+            "empty_masks_train": empty["train"],
+            "empty_masks_test": empty.get("test", 0),
+        },
+        extra={
+            "dataset": {
+                "name": source.name,
+                "kind": source.kind,
+                "in_channels": source.in_channels,
+                "spatial_size": spatial_size,
+                "limit": run.limit,
+                "output_format": "png",
+                "resample": run.resample,
+                "jpeg_source_count": jpeg,
+                "note": (
+                    f"{jpeg} source images were JPEG; all outputs are lossless PNG (JPEG would erase the protection)"
+                    if jpeg
+                    else "all outputs are lossless PNG"
+                ),
             },
-            extra={
-                "dataset": {
-                    "name": source.name,
-                    "kind": source.kind,
-                    "in_channels": channels,
-                    "spatial_size": spatial_size,
-                    "limit": limit,
-                    "output_format": "png",
-                    "resample": resample,
-                    "jpeg_source_count": jpeg,
-                    "note": (
-                        f"{jpeg} source images were JPEG; all outputs are lossless PNG "
-                        "(JPEG would erase the protection)"
-                        if jpeg
-                        else "all outputs are lossless PNG"
-                    ),
-                },
-                "held_out": held_out,
-                "region": {
-                    "name": region,
-                    "working_radius": radius,
-                    "note": "the written change is confined to this region of each mask at the original size "
-                    "(band radius scaled by the resize factor)"
-                    if region != "full"
-                    else "the perturbation may touch any pixel",
-                },
-                "items": items,
-                "budget": {**budget, "realized": realized},
-                "timing": {
-                    "fit_seconds": fit_seconds,
-                    # a resumed fit: the seconds its interrupted runs spent before (fit_seconds is this run's)
-                    "fit_seconds_before_resume": checkpoint.earlier_seconds if checkpoint is not None else 0.0,
-                    "apply_seconds": apply_seconds,
-                    "apply_images_per_second": len(items) / max(apply_seconds, 1e-9),
-                    "device": str(protector.device),
-                },
-                "history": getattr(protector, "history", []),
-                "protector": protector_record(saved),
+            "held_out": run.held_out,
+            "region": {
+                "name": region,
+                "working_radius": radius,
+                "note": "the written change is confined to this region of each mask at the original size "
+                "(band radius scaled by the resize factor)"
+                if region != "full"
+                else "the perturbation may touch any pixel",
             },
-        )
-        write_manifest(folder, manifest)
-    if checkpoint is not None:
-        checkpoint.remove()
+            "items": items,
+            "budget": {**protector.budget_info(), "realized": realized},
+            "timing": {
+                "fit_seconds": fit["seconds"],
+                # a resumed fit: the seconds its interrupted runs spent before (fit_seconds is this run's)
+                "fit_seconds_before_resume": fit["seconds_before_resume"],
+                "apply_seconds": apply_seconds,
+                "apply_images_per_second": len(items) / max(apply_seconds, 1e-9),
+                "device": fit["device"],
+            },
+            "history": getattr(protector, "history", []),
+            "protector": protector_record(protector_file),
+        },
+    )
+    write_manifest(folder, manifest)
     return manifest
 
 
