@@ -146,11 +146,6 @@ def collect_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def _is_segmentation_data(spec: str) -> bool:
-    path = Path(spec)
-    return path.is_dir() or spec.endswith(".json")
-
-
 def cmd_protect(args: argparse.Namespace) -> int:
     options = collect_options(args)
     common = dict(
@@ -166,18 +161,13 @@ def cmd_protect(args: argparse.Namespace) -> int:
         resume=args.resume,
         include_test=args.include_test,
     )
-    if _is_segmentation_data(args.data):
-        from .pipeline.segmentation import protect_segmentation
+    from .pipeline import is_segmentation_spec, protect
 
-        manifest = protect_segmentation(
-            args.data, args.out, args.method, options, spatial_size=args.spatial_size, resample=args.resample, **common
-        )
-    else:
-        if not Path(args.data).exists() and not args.data.startswith(("medmnist:", "synthetic")):
-            raise MedueError(f"{args.data}: no such file or folder")
-        from .pipeline.classification import protect_classification
-
-        manifest = protect_classification(args.data, args.out, args.method, options, **common)
+    if is_segmentation_spec(args.data):
+        common.update(spatial_size=args.spatial_size, resample=args.resample)
+    elif not Path(args.data).exists() and not args.data.startswith(("medmnist:", "synthetic")):
+        raise MedueError(f"{args.data}: no such file or folder")
+    manifest = protect(args.data, args.out, args.method, options, **common)
     from .io import protector_path
     from .pipeline.release import held_out_sentence
 
@@ -196,9 +186,6 @@ def cmd_protect(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .io import read_manifest
-
-    manifest = read_manifest(args.protected)
     common = dict(
         epochs=args.epochs,
         output=args.output,
@@ -212,36 +199,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         adversarial_eps=parse_fraction(args.adversarial_eps) if args.adversarial_eps is not None else None,
         protector=args.protector,
     )
-    if manifest.get("task") == "segmentation":
-        from .pipeline.segmentation import evaluate_segmentation
+    from .pipeline import evaluate, summary_line
 
-        results = evaluate_segmentation(args.protected, args.recipe or "seg-quick", args.exploiter or "unet", **common)
-        print(
-            f"{results['exploiter']} Dice on clean test: clean-trained {results['clean']['dice']:.2f}%, "
-            f"protected-trained {results['protected']['dice']:.2f}%; pixel AUC "
-            f"{_percent(results['clean'].get('pixel_auc'))} vs {_percent(results['protected'].get('pixel_auc'))} "
-            f"(50% = foreground guessed at random); PSNR {results['invisibility']['psnr']:.2f} dB"
-        )
-    else:
-        from .pipeline.classification import evaluate_classification
-
-        results = evaluate_classification(args.protected, args.recipe or "cls-quick", args.exploiter, **common)
-        print(
-            f"{results['exploiter']} clean-test accuracy: clean-trained {results['clean']['test_accuracy']:.2f}%, "
-            f"protected-trained {results['protected']['test_accuracy']:.2f}%; balanced accuracy "
-            f"{_percent(results['clean'].get('test_balanced_accuracy'))} vs "
-            f"{_percent(results['protected'].get('test_balanced_accuracy'))}; ROC AUC "
-            f"{_percent(results['clean'].get('test_auc'))} vs {_percent(results['protected'].get('test_auc'))}; PSNR "
-            f"{results['invisibility']['psnr']:.2f} dB, SSIM {results['invisibility']['ssim']:.4f}"
-        )
+    results = evaluate(args.protected, args.recipe, args.exploiter, **common)
+    print(summary_line(results))
     if args.output is None:
         print(json.dumps({k: results[k] for k in ("clean", "protected", "invisibility", "budget")}, indent=2))
     return 0
-
-
-def _percent(value: float | None) -> str:
-    """``12.34%``, or ``n/a`` for a metric that is undefined (or absent from a reused run)."""
-    return "n/a" if value is None else f"{value:.2f}%"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

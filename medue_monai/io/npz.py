@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,18 @@ def quantize_protected(
 
 
 def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
-    """Write arrays to a compressed npz at ``path`` (the caller writes into an atomic folder)."""
+    """Write arrays to a compressed npz at ``path`` that ``np.load`` reads (the caller writes into an atomic folder).
+
+    Unlike ``np.savez_compressed`` the zip entries carry a fixed date (1980-01-01), so the same arrays always give
+    the same bytes: a release can be checked against another by its checksum. (NumPy has no such option; the
+    entries are written with ``numpy.lib.format.write_array``, as ``savez`` does.)
+    """
     path = Path(path)
-    np.savez_compressed(path, **arrays)
+    with zipfile.ZipFile(path, mode="w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+        for key, value in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            with archive.open(info, mode="w", force_zip64=True) as handle:
+                np.lib.format.write_array(handle, np.asanyarray(value), allow_pickle=False)
     return path

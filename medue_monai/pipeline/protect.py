@@ -22,7 +22,7 @@ from ..utils import MedueError, resolve_device, set_seed
 from .release import held_out_entry
 from .resume import attach_fit_checkpoint
 
-__all__ = ["ProtectionRun", "is_segmentation_spec", "protect", "release_from_protector"]
+__all__ = ["ProtectionRun", "is_segmentation_spec", "protect", "release_from_protector", "run_from_protector"]
 
 
 def is_segmentation_spec(spec: str | Path) -> bool:
@@ -49,8 +49,9 @@ class ProtectionRun:
         spatial_size: segmentation working side (default 224).
         include_test: also protect the held-out test images and put them into the release (default ``False``).
         resample: segmentation: how the perturbation reaches the original size (default ``"bilinear"``).
-        distributed: shard the training data over the processes of a running process group with MONAI's
-            ``DistributedSampler`` (``even_divisible=True``) (default ``False``).
+        distributed: shard the training data over the processes of a running process group
+            (:class:`~medue_monai.protectors.distributed.FixedShardSampler`: the same shard every epoch, padded to
+            equal length) (default ``False``).
         protector: an already fitted protector to write a release with (default: build one from ``method``).
 
     Raises:
@@ -140,9 +141,9 @@ class ProtectionRun:
     def _loader(self, generator: Any, distributed: bool) -> Any:
         sampler = None
         if distributed:
-            from monai.data import DistributedSampler
+            from ..protectors.distributed import FixedShardSampler
 
-            sampler = DistributedSampler(self.train_dataset, even_divisible=True, shuffle=True, seed=self.seed)
+            sampler = FixedShardSampler(self.train_dataset, shuffle=True, seed=self.seed)
         if self.task == "classification":
             from monai.data import DataLoader
         else:
@@ -295,32 +296,30 @@ def protect(
     return manifest
 
 
-def release_from_protector(
+def run_from_protector(
     protector_file: str | Path,
-    out: str | Path,
     *,
     data: str | Path | None = None,
     data_root: str | Path | None = None,
     device: str = "auto",
     num_workers: int = 0,
     progress: bool = True,
-    overwrite: bool = False,
-) -> dict[str, Any]:
-    """Write the release of a saved protector: the run its private record describes, with the same writer and
-    manifest as :func:`protect` (the bundles' ``inference.json``).
+    include_test: bool | None = None,
+) -> tuple[ProtectionRun, dict[str, Any]]:
+    """The :class:`ProtectionRun` a saved protector was fitted in, rebuilt from its private record.
 
     Args:
         protector_file: the fitted protector (with its private record).
-        out: the release folder (must lie outside the protector file's folder only in that it is another path).
         data: the data spec, when the source moved (default: the recorded one).
         data_root: where to look for the source (default: the recorded one).
         device: where the protector runs.
         num_workers: DataLoader workers.
         progress: show progress bars.
-        overwrite: replace an existing release folder.
+        include_test: protect the held-out test images too and put them into the release (default: as the fit
+            run recorded).
 
     Returns:
-        The manifest written.
+        ``(run, record)``.
 
     Raises:
         MedueError: a missing or record-less protector file, or a source that cannot be found.
@@ -344,12 +343,42 @@ def release_from_protector(
         num_workers=num_workers,
         progress=progress,
         spatial_size=settings["spatial_size"] or 224,
-        include_test=settings["include_test"],
+        include_test=settings["include_test"] if include_test is None else include_test,
         resample=settings["resample"] or "bilinear",
         protector=protector,
     )
     run.data = settings["data"]  # the spec as first given: the manifest shows what the CLI run shows
     run.fit_seconds = float(record.get("fit", {}).get("seconds", 0.0))
+    return run, record
+
+
+def release_from_protector(
+    protector_file: str | Path,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    run: ProtectionRun | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Write the release of a saved protector: the run its private record describes, with the same writer and
+    manifest as :func:`protect` (the bundles' ``inference.json``).
+
+    Args:
+        protector_file: the fitted protector (with its private record).
+        out: the release folder (never the protector's own folder or inside the input).
+        overwrite: replace an existing release folder.
+        run: the run rebuilt already by :func:`run_from_protector` (default: rebuild it).
+        kwargs: the arguments of :func:`run_from_protector` (data, data_root, device, num_workers, progress).
+
+    Returns:
+        The manifest written.
+
+    Raises:
+        MedueError: a missing or record-less protector file, a source that cannot be found, or a bad ``out``.
+    """
+    record = read_private_record(protector_file)
+    if run is None:
+        run, record = run_from_protector(protector_file, **kwargs)
     out = check_output_dir(out, overwrite=overwrite, inputs=(*run._inputs(), protector_file))
     with atomic_output_dir(out, overwrite) as folder:
         return run.write_release(folder, protector_file, fit=record.get("fit"))

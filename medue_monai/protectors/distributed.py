@@ -17,7 +17,52 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["average_gradients", "gather_from_owners", "is_distributed", "reduce_sum", "world_size"]
+__all__ = [
+    "FixedShardSampler",
+    "average_gradients",
+    "gather_from_owners",
+    "is_distributed",
+    "reduce_sum",
+    "world_size",
+]
+
+
+class FixedShardSampler(torch.utils.data.distributed.DistributedSampler):
+    """A ``DistributedSampler`` whose shards stay the same in every epoch, shuffled within each shard per epoch.
+
+    PyTorch's and MONAI's samplers deal the whole dataset out anew every epoch; a sample-wise perturbation
+    lives on the rank that learns it, so here every sample stays with one rank (two for the few that pad the
+    shards to equal length, ``even_divisible``). The shards come from one seeded permutation of the dataset.
+
+    Args:
+        dataset: the training dataset.
+        num_replicas: number of processes (default: the process group's size).
+        rank: this process's rank (default: the process group's).
+        shuffle: shuffle each shard per epoch (``set_epoch``) (default ``True``).
+        seed: seed of the permutation and of the per-epoch shuffles (default 0).
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+        order += order[: self.total_size - len(order)]  # pad to equal shards
+        self.shard = order[self.rank : self.total_size : self.num_replicas]
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(self.shard)
+        generator = torch.Generator().manual_seed(self.seed + 1_000_003 * (self.epoch + 1) + self.rank)
+        return iter([self.shard[i] for i in torch.randperm(len(self.shard), generator=generator).tolist()])
+
+    def __len__(self) -> int:
+        return len(self.shard)
 
 
 def is_distributed() -> bool:
