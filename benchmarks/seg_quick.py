@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from medue_monai.evaluation.report import reusable_clean_run
 from medue_monai.pipeline.release import open_release
 from medue_monai.pipeline.segmentation import evaluate_segmentation, protect_segmentation
 from medue_monai.utils import machine_record, resolve_device
@@ -91,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="evaluate this existing UMed-protected copy instead of fitting UMed again (default: fit)",
     )
+    parser.add_argument(
+        "--clean-from",
+        default=None,
+        help="stem of an earlier run's result files (same split, recipe, epochs and seed): reuse its clean-trained "
+        "run of each exploiter from <out>/<stem>_<exploiter>.json instead of training it again (default: train it)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars (default: shown)")
     args = parser.parse_args(argv)
 
@@ -131,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     for exploiter in [name.strip() for name in args.exploiters.split(",") if name.strip()]:
         run_started = time.perf_counter()
+        clean_run = None
+        if args.clean_from:
+            earlier = json.loads((out / f"{args.clean_from}_{exploiter}.json").read_text())
+            clean_run = reusable_clean_run(earlier)
         results = evaluate_segmentation(
             str(protected),
             "seg-quick",
@@ -141,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             num_workers=args.num_workers,
             progress=progress,
+            clean_run=clean_run,
         )
         runs[exploiter] = {
             "clean": results["clean"],
@@ -148,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             "invisibility": results["invisibility"],
             "budget": results["budget"],
             "epochs": results["recipe"]["epochs"],
+            "reused_clean_run": f"{args.clean_from}_{exploiter}.json" if args.clean_from else None,
             "wall_seconds": time.perf_counter() - run_started,
         }
     record = {
