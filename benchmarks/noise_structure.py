@@ -103,7 +103,8 @@ def tile_layout(
         raise ValueError(f"block must be in [1, {min(height, width)}], got {block}")
     delta = protected.astype(np.int64) - clean.astype(np.int64)
     delta = (
-        delta.reshape(len(delta), height, width, -1).sum(-1) * tile_pattern_field(height, width, pattern)[0, 0].numpy()
+        delta.reshape(len(delta), height, width, -1).sum(-1)
+        * tile_pattern_field(height, width, pattern=pattern)[0, 0].numpy()
     )
     rows, cols = height // block, width // block
     tiles = delta[:, : rows * block, : cols * block].reshape(len(delta), rows, block, cols, block)

@@ -55,7 +55,7 @@ def tile_contrast(images: np.ndarray, block: int, eps: float) -> dict[str, objec
     if rows < 3 or cols < 3:
         raise ValueError(f"images of {tuple(array.shape[1:])} hold fewer than 3 x 3 tiles of {block}")
     array = array[:, : rows * block, : cols * block]
-    field = tile_pattern_field(rows * block, cols * block, "checker")[0, 0]
+    field = tile_pattern_field(rows * block, cols * block, pattern="checker")[0, 0]
     tiles = array.reshape(-1, rows, block, cols, block)
     means = tiles.mean(dim=(2, 4))
     neighbours = (means[:, :-2, 1:-1] + means[:, 2:, 1:-1] + means[:, 1:-1, :-2] + means[:, 1:-1, 2:]) / 4

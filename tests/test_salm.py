@@ -387,24 +387,24 @@ def test_block_salm_releases_tile_constant_sparse_noise_within_budget(tmp_path):
 def test_checker_tiles_are_signed_checkerboards_moved_by_their_pattern_gradient(tmp_path):
     from medue_monai.protectors import tile_pattern_field
 
-    field = tile_pattern_field(3, 4, "checker")
+    field = tile_pattern_field(3, 4, pattern="checker")
     assert field.shape == (1, 1, 3, 4)
     assert field[0, 0].tolist() == [[1, -1, 1, -1], [-1, 1, -1, 1], [1, -1, 1, -1]]
-    assert torch.equal(tile_pattern_field(2, 2, "flat"), torch.ones(1, 1, 2, 2))
+    assert torch.equal(tile_pattern_field(2, 2, pattern="flat"), torch.ones(1, 1, 2, 2))
     with pytest.raises(ValueError, match="pattern must"):
-        tile_pattern_field(2, 2, "stripes")
+        tile_pattern_field(2, 2, pattern="stripes")
 
     # one step: a gradient that is itself a checkerboard on one tile selects that tile and moves it by the
     # pattern, against the gradient; a flat gradient of larger magnitude cancels under the pattern
     gradient = torch.zeros(1, 1, 8, 8)
-    gradient[0, 0, 4:6, 2:4] = 2.0 * tile_pattern_field(2, 2, "checker")[0, 0]
+    gradient[0, 0, 4:6, 2:4] = 2.0 * tile_pattern_field(2, 2, pattern="checker")[0, 0]
     gradient[0, 0, 0:2, 0:2] = 5.0
     images = torch.full((1, 1, 8, 8), 0.5)
     options = {"eps": EPS, "k": 6.25, "step_size": EPS, "block": 2, "device": "cpu"}  # 4 positions: one tile
     checker = SALMProtector(pattern="checker", **options)._sign_step(torch.zeros_like(images), gradient, images)
     flat = SALMProtector(**options)._sign_step(torch.zeros_like(images), gradient, images)
     expected = torch.zeros_like(images)
-    expected[0, 0, 4:6, 2:4] = -EPS * tile_pattern_field(2, 2, "checker")[0, 0]
+    expected[0, 0, 4:6, 2:4] = -EPS * tile_pattern_field(2, 2, pattern="checker")[0, 0]
     assert torch.allclose(checker, expected)
     assert torch.allclose(flat[0, 0, 0:2, 0:2], torch.full((2, 2), -EPS)) and int((flat != 0).sum()) == 4
 
@@ -417,7 +417,7 @@ def test_checker_tiles_are_signed_checkerboards_moved_by_their_pattern_gradient(
     for delta in (protector.perturb(images, batch["label"], batch["index"]), protector.perturb(images, batch["label"])):
         assert 0 < float(delta.abs().max()) <= EPS + 1e-7
         assert int((delta.abs().sum(dim=1) > 0).flatten(1).sum(dim=1).max()) <= positions_to_keep(16 * 16, 10.0)
-        phase = (delta * tile_pattern_field(16, 16, "checker")).reshape(8, -1, 8, 2, 8, 2)
+        phase = (delta * tile_pattern_field(16, 16, pattern="checker")).reshape(8, -1, 8, 2, 8, 2)
         assert torch.equal(phase.amax(dim=(3, 5)), phase.amin(dim=(3, 5))), "each tile: one sign times the pattern"
     path = tmp_path / "checker.pt"
     protector.save(path)

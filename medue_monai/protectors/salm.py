@@ -414,9 +414,9 @@ class SALMProtector(BilevelProtector):
         (the gradient of a tile's single value; tiles shrink where one would exceed the K% budget,
         :func:`tile_side`), so the mask ranks whole tiles and the step moves each by its pattern.
         """
-        height, width = gradient.shape[-2:]
-        field = tile_pattern_field(height, width, self.pattern, gradient.device)
-        tile_gradient = block_average(gradient * field, tile_side(height * width, self.k, self.block))
+        spatial = tuple(gradient.shape[2:])
+        field = tile_pattern_field(*spatial, pattern=self.pattern, device=gradient.device)
+        tile_gradient = block_average(gradient * field, tile_side(math.prod(spatial), self.k, self.block, len(spatial)))
         mask = topk_position_mask(tile_gradient if self.rank == "signed" else tile_gradient.abs(), self.k, self.block)
         rows = rows - self.step_size * torch.sign(mask * tile_gradient) * field
         rows = project_linf(rows, images, self.eps) if images is not None else rows.clamp(-self.eps, self.eps)
