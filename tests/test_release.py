@@ -221,7 +221,7 @@ def test_umed_change_stays_in_the_roi_and_its_scaled_band(tmp_path, resample) ->
     root = _folder(tmp_path / "d", n=5, size=(61, 47))
     out = tmp_path / "out"
     manifest = protect_segmentation(str(root), str(out), "umed", TINY, spatial_size=16, resample=resample, **CPU)
-    radius = contour_radius(16, 16, 3.0)
+    radius = contour_radius(16, 16, base_radius=3.0)
     assert manifest["region"]["name"] == "dilated" and manifest["region"]["working_radius"] == radius
     changed_total = 0
     for item_id, entry in manifest["items"].items():

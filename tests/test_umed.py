@@ -102,7 +102,7 @@ def test_delta_bounds(fitted: UMedProtector) -> None:
     assert ((images + delta) >= 0).all() and ((images + delta) <= 1).all()
     # band and interior are disjoint, so the sum of the two perturbations keeps the one budget
     assert (band * interior).max() == 0 and delta.abs().max() <= EPS + 1e-6
-    outside = 1 - dilate_mask(labels, contour_radius(16, 16, fitted.contour_radius))
+    outside = 1 - dilate_mask(labels, contour_radius(16, 16, base_radius=fitted.contour_radius))
     assert (delta * outside).abs().max() == 0
     empty = fitted.perturb(images, torch.zeros_like(labels))
     assert empty.abs().max() == 0

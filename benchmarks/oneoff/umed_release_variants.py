@@ -82,7 +82,7 @@ def main(argv: list[str]) -> None:
 
         def decoy_deltas(images, labels, regions=None):
             delta_c, delta_t = fitted_deltas(images, labels, regions)
-            band_radius = contour_radius(images.shape[-2], images.shape[-1], protector.contour_radius)
+            band_radius = contour_radius(images.shape[-2], images.shape[-1], base_radius=protector.contour_radius)
             allowed = 1.0 - dilate_mask((labels > 0.5).float(), band_radius + radius + 2)
             discs = random_discs(labels.shape, radius, share, generator) * allowed
             field = torch.tanh(protector._raw(protector.texture_net, images))
@@ -98,7 +98,7 @@ def main(argv: list[str]) -> None:
 
         def noise_deltas(images, labels, regions=None):
             delta_c, delta_t = fitted_deltas(images, labels, regions)
-            band_radius = contour_radius(images.shape[-2], images.shape[-1], protector.contour_radius)
+            band_radius = contour_radius(images.shape[-2], images.shape[-1], base_radius=protector.contour_radius)
             outside = 1.0 - dilate_mask((labels > 0.5).float(), band_radius)
             signs = torch.randint(0, 2, images.shape, generator=generator).float() * 2 - 1
             strength = texture_strength(images, protector.lbp_points, protector.lbp_radius)

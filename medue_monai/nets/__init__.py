@@ -1,6 +1,6 @@
 """Network factory over ``monai.networks.nets`` plus the few networks MONAI lacks."""
 
-from .cdc import CDConv2d, CDCUNet, texture_generator
+from .cdc import CDConv, CDConv2d, CDCUNet, texture_generator
 from .ensemble import ClassifierEnsemble
 from .factory import (
     AUTO_CLASSIFIER,
@@ -19,6 +19,7 @@ from .vgg import VGG11
 __all__ = [
     "AUTO_CLASSIFIER",
     "CLASSIFIER_NAMES",
+    "CDConv",
     "CDConv2d",
     "CDCUNet",
     "ClassifierEnsemble",

@@ -197,7 +197,7 @@ class Protector(ABC):
         """
         return {"norm": "linf", "budget": self.eps}
 
-    def release_region(self, height: int, width: int) -> tuple[str, int]:
+    def release_region(self, *spatial: int) -> tuple[str, int]:
         """Where the perturbation of a segmentation item may be non-zero, relative to its mask.
 
         The segmentation writers re-apply this region at each image's ORIGINAL size (with the band radius
@@ -205,8 +205,7 @@ class Protector(ABC):
         resizing spreads a working-size perturbation.
 
         Args:
-            height: working height in pixels.
-            width: working width in pixels.
+            spatial: the working size (``h, w`` or ``d, h, w``).
 
         Returns:
             ``(region, radius)``: a region of :func:`~medue_monai.protectors.masks.region_mask` (``"full"`` here:

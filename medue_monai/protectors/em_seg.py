@@ -183,9 +183,9 @@ class EMSegProtector(BilevelProtector):
         for parameter in self.surrogate.parameters():
             parameter.requires_grad_(False)
 
-    def release_region(self, height: int, width: int) -> tuple[str, int]:
+    def release_region(self, *spatial: int) -> tuple[str, int]:
         """The ``region`` option, with the contour band radius used at this working size."""
-        radius = self.contour_radius if self.contour_radius is not None else contour_radius(int(height), int(width))
+        radius = self.contour_radius if self.contour_radius is not None else contour_radius(*(int(s) for s in spatial))
         return self.region, radius
 
     def _project(self, delta: torch.Tensor, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

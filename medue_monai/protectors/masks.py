@@ -1,8 +1,8 @@
 """Region masks for segmentation protectors: binary dilation / erosion, contour band and ROI interior.
 
-Binary morphology with a square ``(2r+1) x (2r+1)`` structuring element, written with
-``torch.nn.functional.max_pool2d`` so it runs batched on any device (MONAI has no batched binary
-morphology for tensors). The contour band of a mask ``y`` is ``dilate(y, r) - erode(y, r)``; the
+Binary morphology with a square ``(2r+1) x (2r+1)`` (2-D) or cubic ``(2r+1)^3`` (3-D) structuring element,
+written with ``torch.nn.functional.max_pool2d`` / ``max_pool3d`` so it runs batched on any device (MONAI has no
+batched binary morphology for tensors). The contour band of a mask ``y`` is ``dilate(y, r) - erode(y, r)``; the
 ROI interior is ``y * (1 - band)``. The default radius is 3 px at 224x224, scaled with image size
 (the UMed paper's setting): ``r = max(1, round(3 * min(H, W) / 224))``.
 """
@@ -25,26 +25,30 @@ __all__ = [
 REGIONS = ("full", "roi", "contour", "interior", "background", "dilated")
 
 
-def contour_radius(height: int, width: int, base_radius: float = 3.0, reference: int = 224) -> int:
-    """Band radius in pixels for an image size: ``max(1, round(base_radius * min(H, W) / reference))``.
+def contour_radius(*sizes: int, base_radius: float = 3.0, reference: int = 224) -> int:
+    """Band radius in pixels (voxels) for an image size: ``max(1, round(base_radius * min(sizes) / reference))``.
 
     Args:
-        height: image height in pixels.
-        width: image width in pixels.
+        sizes: the image's spatial sizes (``H, W`` or ``D, H, W``).
         base_radius: radius at the reference size (3 px at 224 in the UMed paper).
         reference: the reference side length.
 
     Returns:
         The radius, at least 1.
     """
-    return max(1, int(round(base_radius * min(height, width) / reference)))
+    return max(1, int(round(base_radius * min(sizes) / reference)))
 
 
 def _binary(mask: torch.Tensor) -> torch.Tensor:
-    if mask.dim() != 4:
-        raise ValueError(f"masks must be (B, C, H, W), got shape {tuple(mask.shape)}")
+    if mask.dim() not in (4, 5):
+        raise ValueError(f"masks must be (B, C, H, W) or (B, C, D, H, W), got shape {tuple(mask.shape)}")
     mask = mask.as_tensor() if hasattr(mask, "as_tensor") else mask
     return (mask > 0.5).float()
+
+
+def _max_pool(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    pool = F.max_pool3d if mask.dim() == 5 else F.max_pool2d
+    return pool(mask, kernel_size=2 * radius + 1, stride=1, padding=radius)
 
 
 def dilate_mask(mask: torch.Tensor, radius: int) -> torch.Tensor:
@@ -60,7 +64,7 @@ def dilate_mask(mask: torch.Tensor, radius: int) -> torch.Tensor:
     mask = _binary(mask)
     if radius <= 0:
         return mask
-    return F.max_pool2d(mask, kernel_size=2 * radius + 1, stride=1, padding=radius)
+    return _max_pool(mask, radius)
 
 
 def erode_mask(mask: torch.Tensor, radius: int) -> torch.Tensor:
@@ -78,7 +82,7 @@ def erode_mask(mask: torch.Tensor, radius: int) -> torch.Tensor:
     mask = _binary(mask)
     if radius <= 0:
         return mask
-    return 1.0 - F.max_pool2d(1.0 - mask, kernel_size=2 * radius + 1, stride=1, padding=radius)
+    return 1.0 - _max_pool(1.0 - mask, radius)
 
 
 def contour_band(mask: torch.Tensor, radius: int | None = None) -> torch.Tensor:
@@ -92,7 +96,7 @@ def contour_band(mask: torch.Tensor, radius: int | None = None) -> torch.Tensor:
         Float ``{0, 1}`` band with the mask's shape (empty for an empty or full mask).
     """
     if radius is None:
-        radius = contour_radius(int(mask.shape[-2]), int(mask.shape[-1]))
+        radius = contour_radius(*(int(s) for s in mask.shape[2:]))
     return dilate_mask(mask, radius) - erode_mask(mask, radius)
 
 
@@ -136,5 +140,5 @@ def region_mask(mask: torch.Tensor, region: str, radius: int | None = None) -> t
     if region == "background":
         return 1.0 - _binary(mask)
     if region == "dilated":
-        return dilate_mask(mask, contour_radius(int(mask.shape[-2]), int(mask.shape[-1])) if radius is None else radius)
+        return dilate_mask(mask, contour_radius(*(int(s) for s in mask.shape[2:])) if radius is None else radius)
     raise ValueError(f"region must be one of {REGIONS}, got {region!r}")

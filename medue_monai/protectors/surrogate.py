@@ -272,11 +272,11 @@ class SurrogatePGDProtector(Protector):
             return 1.0 - labels
         return (labels + 1) % self.num_classes
 
-    def release_region(self, height: int, width: int) -> tuple[str, int]:
+    def release_region(self, *spatial: int) -> tuple[str, int]:
         """The ``region`` option of a segmentation protector (classification: ``"full"``)."""
         if self.task != "segmentation":
             return "full", 0
-        return self.region, contour_radius(int(height), int(width))
+        return self.region, contour_radius(*(int(s) for s in spatial))
 
     def _region(self, labels: torch.Tensor) -> torch.Tensor | None:
         if self.task != "segmentation" or self.region == "full":

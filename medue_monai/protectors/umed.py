@@ -43,7 +43,7 @@ __all__ = [
 
 
 def texture_strength(images: torch.Tensor, points: int = 8, radius: float = 1.0) -> torch.Tensor:
-    """LBP texture-strength map ``x_t`` in [0, 1], ``(B, 1, H, W)``, larger where texture is stronger.
+    """LBP texture-strength map ``x_t`` in [0, 1], ``(B, 1, *spatial)``, larger where texture is stronger.
 
     Exactly: (1) grey = channel mean of the image, quantized to uint8; (2) ``codes =
     skimage.feature.local_binary_pattern(grey, P=points, R=radius, method="default")``, where bit ``p``
@@ -55,15 +55,21 @@ def texture_strength(images: torch.Tensor, points: int = 8, radius: float = 1.0)
     the ``(2R+1)``-square neighbourhood (reflect padding); (5) divide by the image's maximum (an image
     without any transitions gets zeros). Computed with NumPy per image (no per-pixel Python loop).
 
+    Volumes ``(B, C, X, Y, Z)``: steps (1)-(4) run on every slice along the last (slowest-varying) axis, the
+    in-plane one of most acquisitions (LBP is a 2-D operator; a 3-D analogue on 26 neighbours would mix the often
+    coarser through-plane spacing into the texture), and step (5) divides by the volume's maximum.
+
     Args:
-        images: ``(B, C, H, W)`` float images in [0, 1].
+        images: ``(B, C, H, W)`` or ``(B, C, X, Y, Z)`` float images in [0, 1].
         points: LBP sampling points ``P``.
         radius: LBP radius ``R``.
 
     Returns:
         The strength map on the images' device.
     """
-    grey = (images.detach().float().mean(dim=1).clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
+    volumes = images.dim() == 5
+    planes = images.permute(0, 4, 1, 2, 3).reshape(-1, *images.shape[1:4]) if volumes else images
+    grey = (planes.detach().float().mean(dim=1).clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
     bits = np.arange(points)
     maps = []
     for image in grey:
@@ -75,7 +81,10 @@ def texture_strength(images: torch.Tensor, points: int = 8, radius: float = 1.0)
     strength = torch.from_numpy(np.stack(maps)).float()[:, None]
     size = 2 * int(math.ceil(radius)) + 1
     strength = F.avg_pool2d(F.pad(strength, (size // 2,) * 4, mode="reflect"), size, stride=1)
-    top = strength.amax(dim=(2, 3), keepdim=True)
+    if volumes:  # back to (B, 1, X, Y, Z)
+        batch, depth = images.shape[0], images.shape[4]
+        strength = strength.reshape(batch, depth, 1, *strength.shape[2:]).permute(0, 2, 3, 4, 1)
+    top = strength.amax(dim=tuple(range(2, strength.dim())), keepdim=True)
     strength = torch.where(top > 0, strength / top.clamp_min(1e-12), torch.zeros_like(strength))
     return strength.to(images.device)
 
@@ -251,6 +260,7 @@ class UMedProtector(BilevelProtector):
         self.background_noise = float(background_noise)
         self.progress = bool(progress)
         self.in_channels = 0
+        self.spatial_dims = 2
         self.current_epoch = 0
         self._reset_epoch = -1
         self.history: list[dict[str, float]] = []
@@ -290,6 +300,7 @@ class UMedProtector(BilevelProtector):
 
         return {
             "in_channels": self.in_channels,
+            "spatial_dims": self.spatial_dims,
             **self._network_states(),
             "history": self.history,
         }
@@ -302,7 +313,7 @@ class UMedProtector(BilevelProtector):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.build(int(state["in_channels"]))
+        self.build(int(state["in_channels"]), int(state.get("spatial_dims", 2)))
         self.contour_net.load_state_dict(state["contour_net"])
         self.texture_net.load_state_dict(state["texture_net"])
         self.surrogate.load_state_dict(state["surrogate"])
@@ -310,12 +321,15 @@ class UMedProtector(BilevelProtector):
         self.finalize()
 
     # ------------------------------------------------------------------ networks
-    def build(self, in_channels: int) -> None:
-        """Create the generators, the surrogate U-Net and their Adam optimizers for ``in_channels``."""
+    def build(self, in_channels: int, spatial_dims: int = 2) -> None:
+        """Create the generators, the surrogate and their Adam optimizers for ``in_channels`` and 2-D or 3-D."""
         torch.manual_seed(self.seed)
         self.in_channels = int(in_channels)
-        self.contour_net = CDCUNet(in_channels, in_channels, cdc=self.cdc).to(self.device)
-        self.texture_net = texture_generator(in_channels, in_channels).to(self.device)
+        self.spatial_dims = int(spatial_dims)
+        self.contour_net = CDCUNet(in_channels, in_channels, cdc=self.cdc, spatial_dims=self.spatial_dims).to(
+            self.device
+        )
+        self.texture_net = texture_generator(in_channels, in_channels, spatial_dims=self.spatial_dims).to(self.device)
         self._build_surrogate()
         generator_parameters = list(self.contour_net.parameters()) + list(self.texture_net.parameters())
         self.generator_optimizer = torch.optim.Adam(generator_parameters, lr=self.lr_generator)
@@ -328,35 +342,39 @@ class UMedProtector(BilevelProtector):
         """
         if seed is not None:
             torch.manual_seed(seed)
-        self.surrogate = get_segmenter(self.surrogate_name, self.in_channels, 2).to(self.device)
+        self.surrogate = get_segmenter(self.surrogate_name, self.in_channels, 2, spatial_dims=self.spatial_dims).to(
+            self.device
+        )
         self.surrogate_optimizer = torch.optim.Adam(self.surrogate.parameters(), lr=self.lr_surrogate)
 
     @staticmethod
-    def _pad16(x: torch.Tensor, minimum: int = 16, multiple: int = 16) -> tuple[torch.Tensor, tuple[int, int]]:
-        height, width = x.shape[-2:]
-        pad_h, pad_w = (
-            max(minimum, height + (-height) % multiple) - height,
-            max(minimum, width + (-width) % multiple) - width,
-        )
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-        return x, (height, width)
+    def _pad16(x: torch.Tensor, minimum: int = 16, multiple: int = 16) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Replicate-pad every spatial axis (2-D or 3-D) up to a multiple of ``multiple``, at least ``minimum``."""
+        spatial = tuple(int(s) for s in x.shape[2:])
+        pads = [max(minimum, size + (-size) % multiple) - size for size in spatial]
+        if any(pads):
+            x = F.pad(x, tuple(p for pad in reversed(pads) for p in (0, pad)), mode="replicate")
+        return x, spatial
+
+    @staticmethod
+    def _crop(x: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
+        return x[(..., *(slice(0, size) for size in spatial))]
 
     def _raw(self, net: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-        padded, (height, width) = self._pad16(images)
-        return net(padded)[..., :height, :width]
+        padded, spatial = self._pad16(images)
+        return self._crop(net(padded), spatial)
 
     def surrogate_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Surrogate logits (inputs replicate-padded to the network's multiple, 16 or 32, and at least twice it,
         then cropped)."""
-        multiple = segmenter_multiple(self.surrogate_name)
-        padded, (height, width) = self._pad16(images, minimum=2 * multiple, multiple=multiple)
-        return self.surrogate(padded)[..., :height, :width]
+        multiple = segmenter_multiple(self.surrogate_name, images.dim() - 2)
+        padded, spatial = self._pad16(images, minimum=2 * multiple, multiple=multiple)
+        return self._crop(self.surrogate(padded), spatial)
 
-    def release_region(self, height: int, width: int) -> tuple[str, int]:
+    def release_region(self, *spatial: int) -> tuple[str, int]:
         """The ROI and its contour band (``"dilated"``; the band alone with ``contour_only``, the ROI with
         ``texture_only``), or anywhere (``"full"``) when ``background_noise`` adds noise outside them."""
-        radius = contour_radius(int(height), int(width), self.contour_radius)
+        radius = contour_radius(*(int(s) for s in spatial), base_radius=self.contour_radius)
         if self.background_noise > 0:
             return "full", 0
         if self.contour_only:
@@ -378,7 +396,7 @@ class UMedProtector(BilevelProtector):
         Returns:
             Three ``(B, 1, H, W)`` tensors; ``bound_t = eps * x_t * y_t`` (``eps * y_t`` if ``fixed_bound``).
         """
-        radius = contour_radius(int(images.shape[-2]), int(images.shape[-1]), self.contour_radius)
+        radius = contour_radius(*(int(s) for s in images.shape[2:]), base_radius=self.contour_radius)
         band = contour_band(labels.float(), radius)
         interior = (labels > 0.5).float() * (1.0 - band)
         if self.fixed_bound:
@@ -406,7 +424,7 @@ class UMedProtector(BilevelProtector):
         """
         if self.background_noise <= 0:
             return torch.zeros_like(images)
-        radius = contour_radius(int(images.shape[-2]), int(images.shape[-1]), self.contour_radius)
+        radius = contour_radius(*(int(s) for s in images.shape[2:]), base_radius=self.contour_radius)
         outside = 1.0 - dilate_mask(labels, radius)
         has_roi = (labels.flatten(1).amax(dim=1) > 0.5).float().view(-1, 1, 1, 1)
         quantized = (images.detach().clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
@@ -454,7 +472,8 @@ class UMedProtector(BilevelProtector):
         """Build networks from the first batch's channel count (``num_classes`` must be 2)."""
         if num_classes != 2:
             raise MedueError(f"umed segments one foreground class (num_classes 2), got {num_classes}")
-        self.build(int(_tensor(first_batch["image"]).shape[1]))
+        image = _tensor(first_batch["image"])
+        self.build(int(image.shape[1]), image.dim() - 2)
         self.current_epoch = 0
         self._reset_epoch = -1
         self.history = []
@@ -578,8 +597,10 @@ class UMedProtector(BilevelProtector):
         images_t = _tensor(images)
         x = images_t.float().to(self.device)
         y = (_tensor(labels).float().to(self.device) > 0.5).float()
-        if y.ndim == 3:
+        if y.ndim == x.ndim - 1:
             y = y[:, None]
+        if x.dim() - 2 != self.spatial_dims:
+            raise MedueError(f"umed was fitted on {self.spatial_dims}-D images, got {x.dim() - 2}-D ones")
         if x.shape[1] != self.in_channels:
             raise MedueError(f"umed was fitted on {self.in_channels}-channel images, got {x.shape[1]} channels")
         # the LBP map is computed once, and only where the texture bound or the background noise uses it
