@@ -146,6 +146,19 @@ def collect_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def _integers(text: str | None, count: int | None, flag: str) -> tuple[int, ...] | None:
+    """``"48,64,48"`` -> ``(48, 64, 48)`` (``count`` values when given); ``None`` stays ``None``."""
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError as err:
+        raise MedueError(f"{flag} expects comma-separated integers, got {text!r}") from err
+    if count is not None and len(values) != count:
+        raise MedueError(f"{flag} expects {count} integers, got {text!r}")
+    return values
+
+
 def cmd_protect(args: argparse.Namespace) -> int:
     options = collect_options(args)
     common = dict(
@@ -164,7 +177,20 @@ def cmd_protect(args: argparse.Namespace) -> int:
     from .pipeline import is_segmentation_spec, protect
 
     if is_segmentation_spec(args.data):
-        common.update(spatial_size=args.spatial_size, resample=args.resample)
+        from .data.volumes import is_volume_spec
+
+        if is_volume_spec(args.data):
+            common.update(
+                intensity=args.intensity,
+                eps_native=parse_fraction(args.eps_native) if args.eps_native is not None else None,
+                volume_size=_integers(args.volume_size, 3, "--volume-size"),
+                roi_classes=_integers(args.roi_classes, None, "--roi-classes"),
+            )
+        else:
+            for flag in ("intensity", "eps_native", "volume_size", "roi_classes"):
+                if getattr(args, flag) is not None:
+                    raise MedueError(f"--{flag.replace('_', '-')} applies to NIfTI volumes, not to {args.data}")
+            common.update(spatial_size=args.spatial_size, resample=args.resample)
     elif not Path(args.data).exists() and not args.data.startswith(("medmnist:", "synthetic")):
         raise MedueError(f"{args.data}: no such file or folder")
     manifest = protect(args.data, args.out, args.method, options, **common)
@@ -305,6 +331,29 @@ def build_parser() -> argparse.ArgumentParser:
         "size. bilinear: plain interpolation (shrinking the release back to the working size, as anyone "
         "training on it does, averages part of it away); inverse: so that such shrinking gives back the "
         "perturbation the protector made (more of it reaches the trainer, lower PSNR)",
+    )
+    protect.add_argument(
+        "--eps-native",
+        default=None,
+        help="NIfTI volumes: the L-inf budget in the volumes' native units, e.g. 8 (HU) or 20 (MR units); the written "
+        "change never exceeds it (default: --eps times each volume's intensity range)",
+    )
+    protect.add_argument(
+        "--intensity",
+        default=None,
+        help="NIfTI volumes: how native values map to [0,1]: percentile:LO,HI per volume (MR), window:LO,HI "
+        "(CT in HU, e.g. window:-1000,1000) or dtype (default: percentile:0.5,99.5)",
+    )
+    protect.add_argument(
+        "--volume-size",
+        default=None,
+        help="NIfTI volumes: working size X,Y,Z; volumes are zero-padded to it, never resampled (default: their "
+        "largest extent rounded up to a multiple of 16)",
+    )
+    protect.add_argument(
+        "--roi-classes",
+        default=None,
+        help="NIfTI volumes: label values that form the region of interest, e.g. 1,2 (default: every value above 0)",
     )
     protect.add_argument(
         "--option",

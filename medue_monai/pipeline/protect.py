@@ -53,6 +53,13 @@ class ProtectionRun:
             (:class:`~medue_monai.protectors.distributed.FixedShardSampler`: the same shard every epoch, padded to
             equal length) (default ``False``).
         protector: an already fitted protector to write a release with (default: build one from ``method``).
+        intensity: volumes: how native values map to [0, 1], ``percentile:LO,HI`` (per volume; default
+            ``percentile:0.5,99.5``), ``window:LO,HI`` (e.g. ``window:-1000,1000`` for CT in HU) or ``dtype``.
+        eps_native: volumes: the L-inf budget in native units (e.g. 8 HU, 20 MR units); default ``eps`` times each
+            volume's intensity range.
+        volume_size: volumes: the working size ``(X, Y, Z)`` (default: the largest extent of the volumes on each
+            axis, rounded up to a multiple of 16; volumes are zero-padded to it, never resampled).
+        roi_classes: volumes: the label values that form the region of interest (default: every value above 0).
 
     Raises:
         MedueError: bad data, options, or a method of the other task.
@@ -76,11 +83,21 @@ class ProtectionRun:
         resample: str = "bilinear",
         distributed: bool = False,
         protector: Protector | None = None,
+        intensity: str | None = None,
+        eps_native: float | None = None,
+        volume_size: tuple[int, int, int] | None = None,
+        roi_classes: tuple[int, ...] | None = None,
     ) -> None:
         self.data, self.method, self.options = str(data), method, dict(options or {})
         self.seed, self.limit, self.data_root = int(seed), limit, data_root
         self.num_workers, self.progress = int(num_workers), bool(progress)
         self.spatial_size, self.include_test, self.resample = int(spatial_size), bool(include_test), resample
+        self.eps_native = None if eps_native is None else float(eps_native)
+        self.volume_size = tuple(int(v) for v in volume_size) if volume_size else None
+        self.roi_classes = tuple(int(c) for c in roi_classes) if roi_classes else None
+        self.volumes = False
+        if self.eps_native is not None and not self.eps_native > 0:
+            raise MedueError(f"eps_native must be > 0, got {eps_native}")
         self.task = "segmentation" if is_segmentation_spec(self.data) else "classification"
         cls = get_protector_class(method)
         if cls.task != self.task:
@@ -90,6 +107,7 @@ class ProtectionRun:
 
             if resample not in RESAMPLE_MODES:
                 raise MedueError(f"resample must be one of {RESAMPLE_MODES}, got {resample!r}")
+        self._intensity = intensity
         generator = set_seed(self.seed)
         if self.task == "classification":
             self._classification_source()
@@ -123,10 +141,19 @@ class ProtectionRun:
 
     def _segmentation_source(self) -> None:
         from ..data.segmentation import SegmentationDataset, load_segmentation_source, split_ids
+        from ..data.volumes import VolumeDataset, is_volume_spec, load_volume_source, parse_intensity, working_size_for
 
         if self.limit is not None and int(self.limit) < 1:
             raise MedueError(f"limit must be >= 1, got {self.limit}")
-        self.source = load_segmentation_source(self.data, data_root=self.data_root)
+        self.volumes = is_volume_spec(self.data)
+        if self.volumes:
+            self.source = load_volume_source(self.data, data_root=self.data_root)
+            self.intensity = parse_intensity(self._intensity)
+            self.working_size = self.volume_size or working_size_for(self.source.max_shape)
+        else:
+            if self.eps_native is not None or self._intensity is not None:
+                raise MedueError("eps_native and intensity apply to volumes (NIfTI); 2-D images use --eps")
+            self.source = load_segmentation_source(self.data, data_root=self.data_root)
         self.source_path = self.source.path
         split = split_ids(self.source.ids, seed=self.seed)
         if self.limit is not None:
@@ -134,7 +161,10 @@ class ProtectionRun:
         self.split = split
         self.train_records = self.source.subset(split["train"])
         self.test_records = self.source.subset(split["test"])
-        self.train_dataset = SegmentationDataset(self.train_records, self.spatial_size, self.source.in_channels)
+        if self.volumes:
+            self.train_dataset = VolumeDataset(self.train_records, self.working_size, self.intensity, self.roi_classes)
+        else:
+            self.train_dataset = SegmentationDataset(self.train_records, self.spatial_size, self.source.in_channels)
         self.num_classes = 2
         self.held_out = held_out_entry("test", len(self.test_records), self.include_test)
 
@@ -174,6 +204,10 @@ class ProtectionRun:
             "spatial_size": self.spatial_size if self.task == "segmentation" else None,
             "include_test": self.include_test,
             "resample": self.resample if self.task == "segmentation" else None,
+            "intensity": self.intensity.describe() if self.volumes else None,
+            "eps_native": self.eps_native,
+            "volume_size": list(self.working_size) if self.volumes else None,
+            "roi_classes": list(self.roi_classes) if self.roi_classes else None,
         }
 
     def record(self, release: str | Path | None = None) -> dict[str, Any]:
@@ -240,6 +274,10 @@ class ProtectionRun:
             from .classification import write_classification_release
 
             return write_classification_release(self, Path(folder), protector_file, fit)
+        if self.volumes:
+            from .volumes import write_volume_release
+
+            return write_volume_release(self, Path(folder), protector_file, fit)
         from .segmentation import write_segmentation_release
 
         return write_segmentation_release(self, Path(folder), protector_file, fit)
@@ -346,6 +384,10 @@ def run_from_protector(
         include_test=settings["include_test"] if include_test is None else include_test,
         resample=settings["resample"] or "bilinear",
         protector=protector,
+        intensity=settings.get("intensity"),
+        eps_native=settings.get("eps_native"),
+        volume_size=settings.get("volume_size"),
+        roi_classes=settings.get("roi_classes"),
     )
     run.data = settings["data"]  # the spec as first given: the manifest shows what the CLI run shows
     run.fit_seconds = float(record.get("fit", {}).get("seconds", 0.0))

@@ -478,7 +478,9 @@ def train_segmentation_exploiter(
     """
     hardening = training_counter_measures(recipe)
     generator = set_seed(seed)
-    network = get_segmenter(exploiter, train.channels, 2, train.spatial_size).to(device)
+    spatial_dims = getattr(train, "spatial_dims", 2)
+    side = min(train.spatial_size) if spatial_dims == 3 else train.spatial_size
+    network = get_segmenter(exploiter, train.channels, 2, side, spatial_dims=spatial_dims).to(device)
     optimizer = torch.optim.Adam(
         network.parameters(), lr=float(recipe["lr"]), weight_decay=float(recipe.get("weight_decay", 0))
     )
@@ -517,8 +519,10 @@ def train_segmentation_exploiter(
     return {**scores, "curves": curves}
 
 
-def _protected_records(folder: Path, manifest: dict[str, Any], ids: list[str]) -> list[SegmentationRecord]:
+def _protected_records(folder: Path, manifest: dict[str, Any], ids: list[str], volumes: bool = False) -> list:
     """The release's records of ``ids``, every path resolved inside the release folder."""
+    from ..data.volumes import VolumeRecord
+
     records = []
     items = manifest["items"]
     for item_id in ids:
@@ -526,16 +530,46 @@ def _protected_records(folder: Path, manifest: dict[str, Any], ids: list[str]) -
             raise MedueError(f"{folder}: training item {item_id!r} of the private record is not in the release")
         entry = items[item_id]
         image = inside(folder, entry["image"], "image path")
-        mask = inside(folder, entry["mask"], "mask path")
+        mask = inside(folder, entry["label" if volumes else "mask"], "mask path")
         for path in (image, mask):
             if not path.is_file():
                 raise MedueError(f"{path}: listed in the manifest of {folder} but missing")
-        records.append(
-            SegmentationRecord(
-                item_id, image, mask, tuple(entry["original_size"]), entry["channels"], "PNG", entry["dtype"]
+        if volumes:
+            records.append(VolumeRecord(item_id, image, mask, tuple(entry["shape"]), entry["dtype"]))
+        else:
+            records.append(
+                SegmentationRecord(
+                    item_id, image, mask, tuple(entry["original_size"]), entry["channels"], "PNG", entry["dtype"]
+                )
             )
-        )
     return records
+
+
+def _volume_invisibility(clean: Any, protected_records: list) -> dict[str, float]:
+    """PSNR and 3-D SSIM in [0, 1] units (each clean volume's intensity map applied to both), L-inf and L0, over the
+    protected training volumes read back from disk."""
+    from skimage.metrics import structural_similarity
+
+    from ..io.nifti import read_nifti
+
+    squared, values, changed, largest, ssims = 0.0, 0, 0, 0.0, []
+    for record, written in zip(clean.records, protected_records, strict=True):
+        volume, _, (low, high) = clean.load(record)
+        original = np.clip((volume.native - low) / (high - low), 0, 1)
+        release = np.clip((read_nifti(written.image).native - low) / (high - low), 0, 1)
+        difference = release - original
+        squared += float((difference**2).sum())
+        values += difference.size
+        changed += int(np.count_nonzero(difference))
+        largest = max(largest, float(np.abs(difference).max()))
+        ssims.append(float(structural_similarity(original, release, data_range=1.0)))
+    mse = squared / max(values, 1)
+    return {
+        "psnr": float(10 * np.log10(1.0 / mse)) if mse > 0 else float("inf"),
+        "ssim": float(np.mean(ssims)) if ssims else 1.0,
+        "linf_max": largest,
+        "l0_share": changed / max(values, 1),
+    }
 
 
 def evaluate_segmentation(
@@ -627,17 +661,32 @@ def evaluate_segmentation(
         )
     dataset_info = manifest["dataset"]
     source_spec, root = resolve_clean_source(manifest, record, data_root)
-    source = load_segmentation_source(source_spec, data_root=root)
+    volumes = str(dataset_info.get("kind", "")).startswith("volume")
+    if volumes:
+        from ..data.volumes import VolumeDataset, load_volume_source
+
+        source = load_volume_source(source_spec, data_root=root)
+
+        def dataset(records, **kwargs):
+            size = tuple(dataset_info["working_size"])
+            return VolumeDataset(records, size, dataset_info["intensity"], dataset_info.get("roi_classes"), **kwargs)
+
+    else:
+        source = load_segmentation_source(source_spec, data_root=root)
+        size = int(recipe_config.get("spatial_size") or dataset_info["spatial_size"])
+        channels = int(dataset_info["in_channels"])
+
+        def dataset(records, **kwargs):
+            return SegmentationDataset(records, size, channels, **kwargs)
+
     known = set(source.ids)
     missing = [i for i in split["train"] + split["test"] if i not in known]
     if missing:
         raise MedueError(f"{source_spec}: clean source lacks {len(missing)} ids of the release (e.g. {missing[0]!r})")
-    size = int(recipe_config.get("spatial_size", dataset_info["spatial_size"]))
-    channels = int(dataset_info["in_channels"])
     clean_train_records = source.subset(split["train"])
-    protected_records = _protected_records(folder, manifest, split["train"])
+    protected_records = _protected_records(folder, manifest, split["train"], volumes)
     threads = max(1, num_workers) * 2
-    test = SegmentationDataset(source.subset(split["test"]), size, channels, cache=True).preload(threads)
+    test = dataset(source.subset(split["test"]), cache=True).preload(threads)
     torch_device = resolve_device(device)
     started = time.perf_counter()
     runs = {}
@@ -646,7 +695,7 @@ def evaluate_segmentation(
         runs["clean"] = {k: v for k, v in clean_run.items() if k != "split_sha256"}
         splits = splits[1:]
     for name, records in splits:
-        train = SegmentationDataset(records, size, channels, cache=True, defense=defense).preload(threads)
+        train = dataset(records, cache=True, defense=defense).preload(threads)
         runs[name] = train_segmentation_exploiter(
             recipe_config,
             exploiter,
@@ -659,10 +708,13 @@ def evaluate_segmentation(
             description=f"{exploiter} on {name}",
         )
         runs[name].update(counter, exploiter=exploiter)
-    accumulator = _BudgetAccumulator(ssim=True)
-    for clean_record, protected_record in zip(clean_train_records, protected_records, strict=True):
-        accumulator.add(read_image_array(clean_record.image), read_image_array(protected_record.image))
-    realized = accumulator.result()
+    if volumes:
+        realized = _volume_invisibility(dataset(clean_train_records), protected_records)
+    else:
+        accumulator = _BudgetAccumulator(ssim=True)
+        for clean_record, protected_record in zip(clean_train_records, protected_records, strict=True):
+            accumulator.add(read_image_array(clean_record.image), read_image_array(protected_record.image))
+        realized = accumulator.result()
     results = {
         "task": "segmentation",
         "dataset": dataset_info["name"],
