@@ -211,3 +211,52 @@ def test_umed_protects_eight_msd_hippocampus_volumes(shared_data, tmp_path) -> N
     assert main([*argv, "--eps-native", "20", "--include-test", "--device", "cpu", "--no-progress"]) == 0
     manifest = _check_release(root, out, 20.0)
     assert len(manifest["items"]) == 8
+
+
+def _npz3d(path: Path) -> Path:
+    rng = np.random.default_rng(3)
+    arrays = {}
+    for split, n in (("train", 12), ("val", 4), ("test", 6)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 12, 12, 12), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % 2).astype(np.uint8)[:, None]
+    np.savez(path, **arrays)
+    return path
+
+
+def test_salm_protects_medmnist_3d_volumes_within_k_percent_of_voxels(tmp_path) -> None:
+    from medue_monai.pipeline.classification import evaluate_classification
+    from medue_monai.protectors import positions_to_keep
+
+    data = _npz3d(tmp_path / "tiny3d.npz")
+    out = tmp_path / "release"
+    protect(str(data), out, "salm", {"epochs": 1, "eps": 0.03, "surrogate": "smallcnn"}, **CPU)
+    limit = positions_to_keep(12**3, 10)
+    with np.load(out / "tiny3d.npz") as written, np.load(data) as clean:
+        assert sorted(written.files) == ["train_images", "train_labels", "val_images", "val_labels"]
+        for split in ("train", "val"):
+            assert written[f"{split}_images"].shape == clean[f"{split}_images"].shape
+            assert written[f"{split}_images"].dtype == np.uint8 and written[f"{split}_labels"].dtype == np.uint8
+            delta = written[f"{split}_images"].astype(int) - clean[f"{split}_images"].astype(int)
+            touched = (delta != 0).reshape(len(delta), -1).sum(axis=1)
+            assert np.abs(delta).max() <= 7 and touched.min() > 0 and touched.max() <= limit, split
+    results = evaluate_classification(out, "cls3d-quick", "resnet18", epochs=1, **CPU)
+    assert 0.0 <= results["protected"]["test_accuracy"] <= 100.0
+    assert results["budget"]["l0_share"] <= 0.1
+
+
+@pytest.mark.integration
+def test_salm_protects_adrenalmnist3d(shared_data, tmp_path) -> None:
+    from medue_monai.protectors import positions_to_keep
+
+    data = shared_data / "medmnist3d" / "adrenalmnist3d.npz"
+    if not data.is_file():
+        pytest.skip(f"{data} is absent")
+    out = tmp_path / "release"
+    protect(str(data), out, "salm", {"epochs": 1}, limit=64, **CPU)
+    with np.load(out / "adrenalmnist3d.npz") as written, np.load(data) as clean:
+        for key in ("train_labels", "val_labels"):
+            assert written[key].dtype == clean[key].dtype and written[key].shape[1:] == clean[key].shape[1:]
+        delta = written["train_images"].astype(int) - clean["train_images"][:64].astype(int)
+        touched = (delta != 0).reshape(64, -1).sum(axis=1)
+        assert written["train_images"].shape == (64, 28, 28, 28) and np.abs(delta).max() <= 8
+        assert touched.min() > 0 and touched.max() <= positions_to_keep(28**3, 10)

@@ -12,9 +12,21 @@ from torch.utils.data import Dataset
 
 from ..utils import MedueError
 
-__all__ = ["ClassificationSource", "ClassificationDataset", "load_classification_source", "SPLITS"]
+__all__ = ["ClassificationSource", "ClassificationDataset", "image_layout", "load_classification_source", "SPLITS"]
 
 SPLITS = ("train", "val", "test")
+
+
+def image_layout(images: np.ndarray) -> tuple[int, int]:
+    """``(spatial_dims, channels)`` of an image array: ``(N, H, W)`` grey 2-D, ``(N, H, W, 1|3)`` 2-D with channels,
+    ``(N, D, H, W)`` grey volumes (MedMNIST 3-D: a last axis of 1 or 3 means channels, anything else depth)."""
+    if images.ndim == 3:
+        return 2, 1
+    if images.ndim == 4 and images.shape[-1] in (1, 3):
+        return 2, int(images.shape[-1])
+    if images.ndim == 4:
+        return 3, 1
+    raise MedueError(f"images of shape {images.shape}: expected (N,H,W), (N,H,W,1|3) or (N,D,H,W)")
 
 
 @dataclass
@@ -62,14 +74,18 @@ class ClassificationSource:
 
     @property
     def in_channels(self) -> int:
-        """1 for grey images, 3 for RGB."""
-        images = self.images("train")
-        return 1 if images.ndim == 3 else int(images.shape[-1])
+        """1 for grey images and volumes, 3 for RGB."""
+        return image_layout(self.images("train"))[1]
 
     @property
-    def spatial_size(self) -> tuple[int, int]:
-        """``(H, W)`` of the images."""
-        return tuple(int(s) for s in self.images("train").shape[1:3])
+    def spatial_dims(self) -> int:
+        """2 for images, 3 for volumes (MedMNIST 3-D)."""
+        return image_layout(self.images("train"))[0]
+
+    @property
+    def spatial_size(self) -> tuple[int, ...]:
+        """``(H, W)`` of the images, or ``(D, H, W)`` of the volumes."""
+        return tuple(int(s) for s in self.images("train").shape[1 : 1 + self.spatial_dims])
 
     @property
     def dtype(self) -> np.dtype:
@@ -107,8 +123,10 @@ def validate_classification_arrays(arrays: Mapping[str, np.ndarray], origin: str
         raise MedueError(f"{origin}: missing keys {missing} (expected MedMNIST keys train/val/test _images/_labels)")
     for split in SPLITS:
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
-            raise MedueError(f"{origin}: {split}_images has shape {images.shape}; expected (N,H,W) or (N,H,W,1|3)")
+        if images.ndim not in (3, 4):
+            raise MedueError(
+                f"{origin}: {split}_images has shape {images.shape}; expected (N,H,W), (N,H,W,1|3) or (N,D,H,W)"
+            )
         if labels.ndim == 1:
             labels = labels[:, None]
         if labels.ndim != 2 or labels.shape[0] != images.shape[0]:
@@ -166,7 +184,7 @@ class ClassificationDataset(Dataset):
     index and original dtype so that writers can map it back.
 
     Args:
-        images: ``(N,H,W)`` or ``(N,H,W,C)`` uint8 array (kept by reference, not copied).
+        images: ``(N,H,W)``, ``(N,H,W,C)`` or ``(N,D,H,W)`` uint8 array (kept by reference, not copied).
         labels: ``(N,1)`` integer labels.
         split: split name used in ids.
         source: file or dataset name recorded in meta.
@@ -177,13 +195,14 @@ class ClassificationDataset(Dataset):
         self.labels = labels.reshape(-1)
         self.split = split
         self.source = source
+        self.spatial_dims = image_layout(images)[0]
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
     def __getitem__(self, index: int) -> dict:
         array = np.asarray(self.images[index])
-        array = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+        array = array[None] if self.spatial_dims == 3 or array.ndim == 2 else np.moveaxis(array, -1, 0)
         image = torch.from_numpy(np.ascontiguousarray(array)).float().div_(255.0)
         meta = {
             "source": self.source,

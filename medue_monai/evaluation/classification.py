@@ -13,6 +13,7 @@ from monai.metrics import compute_roc_auc
 from tqdm.auto import tqdm
 
 from ..data import ClassificationDataset
+from ..data.classification import image_layout
 from ..nets import get_classifier
 from ..utils import MedueError, resolve_device
 from .hardening import harden_batch, training_counter_measures
@@ -127,7 +128,8 @@ def train_exploiter(
 
     Args:
         recipe: a recipe from :func:`medue_monai.evaluation.recipes.get_recipe`.
-        train_images: ``(N, H, W[, C])`` uint8 training images (protected or clean, as read from disk).
+        train_images: ``(N, H, W[, C])`` uint8 training images or ``(N, D, H, W)`` volumes (protected or clean, as
+            read from disk).
         train_labels: ``(N, 1)`` labels.
         test_images: clean test images.
         test_labels: clean test labels.
@@ -150,8 +152,8 @@ def train_exploiter(
     device = resolve_device(device)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    in_channels = 1 if train_images.ndim == 3 else train_images.shape[-1]
-    model = get_classifier(exploiter, in_channels, num_classes, train_images.shape[1]).to(device)
+    spatial_dims, in_channels = image_layout(train_images)
+    model = get_classifier(exploiter, in_channels, num_classes, train_images.shape[1], spatial_dims).to(device)
     train_loader = DataLoader(
         ClassificationDataset(train_images, train_labels),
         batch_size=recipe["batch_size"],

@@ -9,7 +9,11 @@ __all__ = ["budget_metrics", "invisibility_metrics", "hash_similarity"]
 
 
 def _as_nhwc(images: np.ndarray) -> np.ndarray:
-    return images[..., None] if images.ndim == 3 else images
+    """Images with a trailing channel axis: ``(N, H, W, C)``, or ``(N, D, H, W, 1)`` for volumes."""
+    from ..data.classification import image_layout
+
+    spatial_dims, _ = image_layout(images)
+    return images[..., None] if images.ndim == spatial_dims + 1 else images
 
 
 def budget_metrics(clean: np.ndarray, protected: np.ndarray, max_value: float = 255.0) -> dict[str, float]:
@@ -84,6 +88,6 @@ def invisibility_metrics(
         )
         nmi_values.append(normalized_mutual_information(a, b, bins=64))
     result = {"psnr": psnr, "ssim": float(np.mean(ssim_values)), "nmi": float(np.mean(nmi_values))}
-    if hashes:
+    if hashes and clean4.ndim == 4:  # perceptual hashes are defined for 2-D images only
         result.update(hash_similarity(clean4, prot4))
     return result

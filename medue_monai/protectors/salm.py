@@ -361,11 +361,12 @@ class SALMProtector(BilevelProtector):
 
     # ------------------------------------------------------------------ building blocks
     def _build_surrogate(self, seed: int | None = None) -> None:
-        channels, height, _ = self.image_shape
+        channels, height = self.image_shape[0], self.image_shape[1]
+        spatial_dims = len(self.image_shape) - 1
         torch.manual_seed(self.seed if seed is None else seed)
 
         def build() -> torch.nn.Module:
-            return get_classifier(self.surrogate_name, channels, self.num_classes, height)
+            return get_classifier(self.surrogate_name, channels, self.num_classes, height, spatial_dims)
 
         network = build() if self.num_surrogates == 1 else ClassifierEnsemble(build, self.num_surrogates)
         self.surrogate = network.to(self.device)

@@ -253,12 +253,13 @@ class SurrogatePGDProtector(Protector):
 
     # ------------------------------------------------------------------ surrogate training
     def _build_model(self) -> torch.nn.Module:
-        channels, height, width = self.image_shape
+        channels, height, width = self.image_shape[0], self.image_shape[1], self.image_shape[-1]
         if self.task == "segmentation":
             if height != width:
                 raise MedueError(f"{self.name}: square working sizes only, got {height}x{width}")
             return get_segmenter(self.surrogate_name, channels, 2, height).to(self.device)
-        return get_classifier(self.surrogate_name, channels, self.num_classes, height).to(self.device)
+        spatial_dims = len(self.image_shape) - 1
+        return get_classifier(self.surrogate_name, channels, self.num_classes, height, spatial_dims).to(self.device)
 
     @staticmethod
     def _frozen(model: torch.nn.Module) -> torch.nn.Module:
