@@ -470,6 +470,10 @@ def main(argv: list[str] | None = None) -> int:
     except MedueError as err:
         print(f"medue {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # no space left, permission denied, ...: the file and the reason, on one line
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        print(f"medue {args.command}: error: {where}{err.strerror or err}; no partial output was kept", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"medue {args.command}: interrupted; no partial output was kept", file=sys.stderr)
         return 130

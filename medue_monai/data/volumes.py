@@ -137,12 +137,19 @@ class VolumeSource:
         return [by_id[i] for i in ids]
 
 
-def _check_pair(item_id: str, image: Path, label: Path) -> VolumeRecord:
+def _check_pair(item_id: str, image: Path, label: Path, classes: set[int] | None = None) -> VolumeRecord:
     for path, what in ((image, "image"), (label, "label map")):
         if not path.is_file():
             raise MedueError(f"{path}: {what} does not exist")
     volume = read_nifti(image)
     labels = read_nifti(label, label=True)
+    values = set(np.unique(labels.native).astype(int).tolist())
+    if values <= {0}:
+        raise MedueError(f"{label}: empty label map (no region of interest: the volume could not be protected)")
+    if classes is not None and not values <= classes:
+        raise MedueError(
+            f"{label}: label values {sorted(values - classes)} are not among the declared classes {sorted(classes)}"
+        )
     if labels.raw.shape != volume.raw.shape:
         raise MedueError(f"{label}: label map of shape {labels.raw.shape} for an image of {volume.raw.shape} ({image})")
     if not np.allclose(labels.affine, volume.affine, atol=1e-3):
@@ -150,13 +157,15 @@ def _check_pair(item_id: str, image: Path, label: Path) -> VolumeRecord:
     return VolumeRecord(item_id, image, label, tuple(int(s) for s in volume.raw.shape), str(volume.raw.dtype))
 
 
-def _load_pairs(origin: Path, pairs: list[tuple[str, Path, Path]], name: str, kind: str) -> VolumeSource:
+def _load_pairs(
+    origin: Path, pairs: list[tuple[str, Path, Path]], name: str, kind: str, classes: set[int] | None = None
+) -> VolumeSource:
     if not pairs:
         raise MedueError(f"{origin}: no NIfTI image / label pairs")
     for item_id, image, _ in pairs:
         check_item_id(item_id, image)
     check_unique_ids([item_id for item_id, _, _ in pairs], origin)
-    records = sorted((_check_pair(*pair) for pair in pairs), key=lambda r: r.id)
+    records = sorted((_check_pair(*pair, classes) for pair in pairs), key=lambda r: r.id)
     return VolumeSource(name, origin, kind, records)
 
 
@@ -190,7 +199,12 @@ def load_volume_source(data: str | Path, data_root: str | Path | None = None) ->
         entries = _datalist_entries(path / "dataset.json")
         if entries is None:
             raise MedueError(f"{path / 'dataset.json'}: needs a 'training' list of {{'image', 'label'}} entries")
-        return _load_pairs(path, _from_entries(path / "dataset.json", entries, path), path.name, "msd")
+        declared = json.loads((path / "dataset.json").read_text()).get("labels")
+        try:
+            classes = {int(key) for key in declared} if isinstance(declared, dict) else None
+        except ValueError as err:
+            raise MedueError(f"{path / 'dataset.json'}: 'labels' keys must be class values") from err
+        return _load_pairs(path, _from_entries(path / "dataset.json", entries, path), path.name, "msd", classes)
     if path.is_dir():
         images = next((path / name for name in IMAGE_FOLDERS if (path / name).is_dir()), None)
         labels = next((path / name for name in LABEL_FOLDERS if (path / name).is_dir()), None)
