@@ -202,3 +202,33 @@ def test_pipeline_resumes_and_removes_the_checkpoint(tmp_path, monkeypatch):
 def test_resume_refused_for_methods_that_cannot(tmp_path, capsys):
     code = main(["protect", "--method", "lsp", "--data", SPEC, "--out", str(tmp_path / "o"), "--resume"])
     assert code == 2 and "cannot resume" in capsys.readouterr().err
+
+
+def test_kill_9_mid_fit_then_resume_gives_a_byte_identical_release(tmp_path):
+    """A process killed outright during the fit leaves no release; --resume then writes the same npz bytes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec = "synthetic:num_train=256,num_val=8,num_test=8,size=28,seed=1"
+    args = ["protect", "--method", "salm", "--data", spec, "--epochs", "12", "--device", "cpu", "--no-progress"]
+    args += ["--option", "surrogate=smallcnn"]
+    assert main([*args, "--out", str(tmp_path / "reference")]) == 0
+    out = tmp_path / "release"
+    command = [sys.executable, "-m", "medue_monai.cli", *args, "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "release.protector.pt.resume"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(checkpoints.glob("*.pt"))) < 2 and process.poll() is None:
+        time.sleep(0.05)
+    assert process.poll() is None, "the fit ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not out.exists() and not (tmp_path / "release.protector.pt").exists()
+    assert main([*args, "--out", str(out)]) == 2  # refuses to throw the interrupted fit away
+    assert main([*args, "--out", str(out), "--resume"]) == 0
+    assert not checkpoints.exists() and not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+    resumed = (out / "synthetic.npz").read_bytes()
+    assert resumed == (tmp_path / "reference" / "synthetic.npz").read_bytes()

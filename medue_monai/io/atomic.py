@@ -54,6 +54,9 @@ def check_output_dir(out: str | Path, overwrite: bool = False, inputs: tuple[str
 def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder next to ``out``; on success move it to ``out``, on error delete it.
 
+    Temporary folders of an earlier run on the same ``out`` that was killed outright are removed first (one
+    process writes one release at a time).
+
     Args:
         out: final output folder.
         overwrite: replace an existing ``out`` at the end.
@@ -63,6 +66,9 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path
     """
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
+    # a run killed outright (kill -9, power loss) cannot clean up: its temporary folder is removed here
+    for stale in out.parent.glob(f".{out.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         # mkdtemp makes the folder private (0700); a release folder gets the user's usual mode, as mkdir would

@@ -32,6 +32,9 @@ from .distributed import gather_from_owners, is_distributed
 __all__ = ["BilevelTrainer", "FitState", "StopOnPerturbedError", "attach_fit_checkpoint", "fit_bilevel"]
 
 
+_END = object()
+
+
 class _EpochPlan:
     """What one epoch iterates: the protector's ``epoch_plan(loader)`` (the loader itself, or EM's round)."""
 
@@ -39,7 +42,20 @@ class _EpochPlan:
         self.protector, self.loader = protector, loader
 
     def __iter__(self):
-        return iter(self.protector.epoch_plan(self.loader))
+        # Two details keep a resumed fit on the shuffles of an uninterrupted one. The loader's iterator (which draws
+        # from the loader's generator) is made lazily, at the first batch, after the STARTED handlers restored the
+        # generator. And each item is fetched one ahead, so the iterator is exhausted within its epoch: PyTorch's
+        # RandomSampler draws once more from the generator when it runs out, which must happen before the epoch's
+        # checkpoint, not at the start of the next epoch.
+        def items():
+            iterator = iter(self.protector.epoch_plan(self.loader))
+            item = next(iterator, _END)
+            while item is not _END:
+                following = next(iterator, _END)
+                yield item
+                item = following
+
+        return items()
 
 
 def _epoch_length(protector: Any, loader: Iterable) -> int | None:
