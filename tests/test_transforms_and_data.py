@@ -140,3 +140,17 @@ def test_evaluation_finds_a_moved_medmnist_source_under_data_root(tmp_path):
     _, protected, clean = load_protected_classification(tmp_path / "out", data_root=str(tmp_path / "moved"))
     assert np.array_equal(clean.images("train"), arrays["train_images"])
     assert protected["train_images"].shape == arrays["train_images"].shape
+
+
+def test_chunked_npz_entries_read_back_as_the_whole_array(tmp_path) -> None:
+    from medue_monai.io.npz import ChunkedArray, write_npz
+
+    rng = np.random.default_rng(0)
+    whole = rng.integers(0, 256, (10, 4, 5), dtype=np.uint8)
+    chunks = ChunkedArray(whole.shape, whole.dtype, (whole[i : i + 3] for i in range(0, 10, 3)))
+    write_npz(tmp_path / "a.npz", {"images": chunks, "labels": np.arange(10, dtype=np.int16)})
+    with np.load(tmp_path / "a.npz") as npz:
+        assert np.array_equal(npz["images"], whole) and npz["labels"].dtype == np.int16
+    short = ChunkedArray((11, 4, 5), whole.dtype, iter([whole]))
+    with pytest.raises(ValueError, match="10 rows"):
+        write_npz(tmp_path / "b.npz", {"images": short})

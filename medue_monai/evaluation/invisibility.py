@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from skimage.metrics import normalized_mutual_information, peak_signal_noise_ratio, structural_similarity
 
-__all__ = ["budget_metrics", "invisibility_metrics", "hash_similarity"]
+__all__ = ["BudgetStats", "budget_metrics", "invisibility_metrics", "hash_similarity"]
 
 
 def _as_nhwc(images: np.ndarray) -> np.ndarray:
@@ -16,27 +16,61 @@ def _as_nhwc(images: np.ndarray) -> np.ndarray:
     return images[..., None] if images.ndim == spatial_dims + 1 else images
 
 
-def budget_metrics(clean: np.ndarray, protected: np.ndarray, max_value: float = 255.0) -> dict[str, float]:
-    """L-inf, L2 and L0 of ``protected - clean`` in [0, 1] units.
+class BudgetStats:
+    """L-inf, per-image L2 and L0 of ``protected - clean`` in [0, 1] units, accumulated chunk by chunk (a set of any
+    size is measured in the memory of one chunk).
 
     Args:
-        clean: ``(N, H, W[, C])`` originals.
+        max_value: the value mapped to 1.0 (255 for uint8).
+    """
+
+    def __init__(self, max_value: float = 255.0) -> None:
+        self.max_value = float(max_value)
+        self.linf, self.l2_sum, self.l2_max, self.images, self.changed, self.positions = 0.0, 0.0, 0.0, 0, 0, 0
+
+    def add(self, clean: np.ndarray, protected: np.ndarray) -> None:
+        """Add a chunk of images (``(n, ...)`` in the same layout)."""
+        delta = (_as_nhwc(protected).astype(np.float32) - _as_nhwc(clean).astype(np.float32)) / self.max_value
+        if not delta.size:
+            return
+        changed = np.any(delta != 0, axis=-1)
+        l2 = np.sqrt((delta.reshape(delta.shape[0], -1).astype(np.float64) ** 2).sum(axis=1))
+        self.linf = max(self.linf, float(np.abs(delta).max()))
+        self.l2_sum += float(l2.sum())
+        self.l2_max = max(self.l2_max, float(l2.max()))
+        self.images += len(l2)
+        self.changed += int(changed.sum())
+        self.positions += int(changed.size)
+
+    def result(self) -> dict[str, float]:
+        """``linf_max``, ``l2_mean`` / ``l2_max`` (per-image L2 norms) and ``l0_share`` (positions changed)."""
+        return {
+            "linf_max": self.linf,
+            "l2_mean": self.l2_sum / self.images if self.images else 0.0,
+            "l2_max": self.l2_max,
+            "l0_share": self.changed / self.positions if self.positions else 0.0,
+        }
+
+
+def budget_metrics(
+    clean: np.ndarray, protected: np.ndarray, max_value: float = 255.0, chunk: int = 512
+) -> dict[str, float]:
+    """L-inf, L2 and L0 of ``protected - clean`` in [0, 1] units (in chunks of ``chunk`` images).
+
+    Args:
+        clean: ``(N, H, W[, C])`` originals, or ``(N, D, H, W)`` volumes.
         protected: same shape, as written.
         max_value: the value mapped to 1.0 (255 for uint8).
+        chunk: images per chunk.
 
     Returns:
         ``linf_max`` (max over all pixels), ``l2_mean`` / ``l2_max`` (per-image L2 norms), and
         ``l0_share`` (share of pixel positions where any channel changed).
     """
-    delta = (_as_nhwc(protected).astype(np.float64) - _as_nhwc(clean).astype(np.float64)) / max_value
-    changed = np.any(delta != 0, axis=-1)
-    l2 = np.sqrt((delta.reshape(delta.shape[0], -1) ** 2).sum(axis=1))
-    return {
-        "linf_max": float(np.abs(delta).max()) if delta.size else 0.0,
-        "l2_mean": float(l2.mean()) if l2.size else 0.0,
-        "l2_max": float(l2.max()) if l2.size else 0.0,
-        "l0_share": float(changed.mean()) if changed.size else 0.0,
-    }
+    stats = BudgetStats(max_value)
+    for start in range(0, len(clean), chunk):
+        stats.add(clean[start : start + chunk], protected[start : start + chunk])
+    return stats.result()
 
 
 def hash_similarity(clean: np.ndarray, protected: np.ndarray) -> dict[str, float]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,22 @@ import torch
 
 from .quantize import dtype_top, quantize_change
 
-__all__ = ["quantize_protected", "write_npz"]
+__all__ = ["ChunkedArray", "quantize_protected", "write_npz"]
+
+
+@dataclass
+class ChunkedArray:
+    """An array written to an npz chunk by chunk along its first axis, never held whole in memory.
+
+    Attributes:
+        shape: the full shape.
+        dtype: the dtype.
+        chunks: an iterable of arrays of ``shape[1:]`` rows each, whose lengths sum to ``shape[0]``.
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    chunks: Iterable[np.ndarray]
 
 
 def quantize_protected(
@@ -40,12 +57,28 @@ def quantize_protected(
     return quantize_change(clean, array - clean.astype(np.float64) / top, eps=eps, l2=l2)
 
 
-def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
+def _write_chunks(handle, array: ChunkedArray) -> None:
+    dtype = np.dtype(array.dtype)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(array.shape)}
+    np.lib.format.write_array_header_1_0(handle, header)
+    rows = 0
+    for chunk in array.chunks:
+        chunk = np.ascontiguousarray(chunk, dtype=dtype)
+        if tuple(chunk.shape[1:]) != tuple(array.shape[1:]):
+            raise ValueError(f"chunk of shape {chunk.shape} for an array of {array.shape}")
+        handle.write(chunk.tobytes())
+        rows += len(chunk)
+    if rows != array.shape[0]:
+        raise ValueError(f"chunks gave {rows} rows for an array of {array.shape[0]}")
+
+
+def write_npz(path: str | Path, arrays: dict[str, np.ndarray | ChunkedArray]) -> Path:
     """Write arrays to a compressed npz at ``path`` that ``np.load`` reads (the caller writes into an atomic folder).
 
     Unlike ``np.savez_compressed`` the zip entries carry a fixed date (1980-01-01), so the same arrays always give
-    the same bytes: a release can be checked against another by its checksum. (NumPy has no such option; the
-    entries are written with ``numpy.lib.format.write_array``, as ``savez`` does.)
+    the same bytes: a release can be checked against another by its checksum. A :class:`ChunkedArray` is streamed
+    into its entry chunk by chunk. (NumPy has neither option; entries are written in NumPy's ``.npy`` format with
+    ``numpy.lib.format``, as ``savez`` does.)
     """
     path = Path(path)
     with zipfile.ZipFile(path, mode="w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
@@ -54,5 +87,8 @@ def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             with archive.open(info, mode="w", force_zip64=True) as handle:
-                np.lib.format.write_array(handle, np.asanyarray(value), allow_pickle=False)
+                if isinstance(value, ChunkedArray):
+                    _write_chunks(handle, value)
+                else:
+                    np.lib.format.write_array(handle, np.asanyarray(value), allow_pickle=False)
     return path

@@ -20,6 +20,7 @@ from ..evaluation import (
     invisibility_metrics,
     train_exploiter,
 )
+from ..evaluation.invisibility import BudgetStats
 from ..evaluation.recipes import check_clean_run, counter_measures
 from ..evaluation.report import write_results
 from ..io import (
@@ -28,7 +29,7 @@ from ..io import (
     quantize_protected,
     write_manifest,
 )
-from ..io.npz import write_npz
+from ..io.npz import ChunkedArray, write_npz
 from ..io.paths import inside
 from ..protectors import get_protector_class
 from ..transforms.defenses import apply_defense
@@ -40,8 +41,9 @@ __all__ = ["protect_classification", "evaluate_classification"]
 
 def _protect_split(
     protector, source: ClassificationSource, split: str, batch_size: int, num_workers: int, progress: bool
-) -> np.ndarray:
-    """The written (quantized) images of one split, in the source's stored layout, batch by batch.
+) -> tuple[ChunkedArray, BudgetStats]:
+    """The written (quantized) images of one split, streamed batch by batch in the source's stored layout, and the
+    budget statistics that fill up as the chunks are written.
 
     The training split gets the perturbations learned for its items (``index``); the other splits are
     unseen images, protected by the fitted protector as such (``indices=None``).
@@ -50,15 +52,23 @@ def _protect_split(
     eps = budget["budget"] if budget["norm"] == "linf" else None
     l2 = budget["budget"] if budget["norm"] == "l2" else None
     clean = source.images(split)
-    loader = DataLoader(source.dataset(split), batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    written, start = [], 0
-    for batch in tqdm(loader, desc=f"{protector.name} protect {split}", disable=not progress):
-        images = batch["image"].as_tensor()
-        indices = batch["index"] if split == "train" else None
-        protected = protector.protect(images, batch["label"], indices).cpu()
-        written.append(quantize_protected(clean[start : start + len(images)], protected, eps, l2))
-        start += len(images)
-    return source.as_stored(f"{split}_images", np.concatenate(written))
+    stored = source.arrays[f"{split}_images"]
+    stats = BudgetStats()
+
+    def chunks():
+        loader = DataLoader(source.dataset(split), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        start = 0
+        for batch in tqdm(loader, desc=f"{protector.name} protect {split}", disable=not progress):
+            images = batch["image"].as_tensor()
+            indices = batch["index"] if split == "train" else None
+            protected = protector.protect(images, batch["label"], indices).cpu()
+            original = clean[start : start + len(images)]
+            written = quantize_protected(original, protected, eps, l2)
+            stats.add(original, written)
+            start += len(images)
+            yield written.reshape((len(written), *stored.shape[1:]))
+
+    return ChunkedArray(tuple(stored.shape), stored.dtype, chunks()), stats
 
 
 def protect_classification(
@@ -158,17 +168,17 @@ def write_classification_release(run, folder: Path, protector_file: str | Path, 
     protector, source = run.protector, run.source
     splits = ("train", "val", "test") if run.include_test else ("train", "val")
     started = time.perf_counter()
-    written = {
+    streams = {
         split: _protect_split(protector, source, split, run.batch_size, run.num_workers, run.progress)
         for split in splits
     }
-    apply_seconds = time.perf_counter() - started
     arrays = {key: value for key, value in source.arrays.items() if not key.startswith("test_") or run.include_test}
     for split in splits:
-        arrays[f"{split}_images"] = written[split]
-    realized = {split: budget_metrics(source.arrays[f"{split}_images"], written[split]) for split in splits}
+        arrays[f"{split}_images"] = streams[split][0]
     file_name = f"{source.name}.npz"
-    write_npz(folder / file_name, arrays)
+    write_npz(folder / file_name, arrays)  # protects and writes the images chunk by chunk
+    apply_seconds = time.perf_counter() - started
+    realized = {split: streams[split][1].result() for split in splits}
     manifest = build_manifest(
         task="classification",
         method=run.method,
@@ -177,7 +187,7 @@ def write_classification_release(run, folder: Path, protector_file: str | Path, 
         source=source.path,
         data_spec=run.data,
         output_files={file_name: folder / file_name},
-        counts={split: int(written[split].shape[0]) for split in splits},
+        counts={split: int(streams[split][0].shape[0]) for split in splits},
         extra={
             "dataset": {
                 "name": source.name,
