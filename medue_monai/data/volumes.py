@@ -1,8 +1,9 @@
-"""3-D segmentation sources (NIfTI volumes with label maps) and a dataset over them at a working size.
+"""3-D segmentation sources (NIfTI volumes or DICOM series with label maps) and a dataset over them at a working size.
 
 Sources: an MSD task folder (``dataset.json`` with its ``training`` list, e.g. Task04_Hippocampus), a folder with
 ``images/`` (or ``imagesTr/``) and ``labels/`` / ``masks/`` (or ``labelsTr/``) holding ``.nii`` / ``.nii.gz``
-files with matching names, or a MONAI datalist ``.json`` whose images are NIfTI. Every pair is checked up front
+files with matching names or DICOM series folders (one per case, the mask series under the same folder name,
+on the same grid), or a MONAI datalist ``.json`` whose images are NIfTI. Every pair is checked up front
 (readable, 3-D, finite, the label map on the image's grid: same shape and affine, integer values).
 
 Intensities: a protector works in [0, 1]; each volume is mapped there by an explicit, recorded
@@ -26,7 +27,7 @@ import torch
 from monai.data import MetaTensor
 from torch.utils.data import Dataset
 
-from ..io.nifti import NiftiVolume, read_nifti
+from ..io.nifti import read_nifti
 from ..io.paths import check_item_id, check_unique_ids
 from ..utils import MedueError
 
@@ -64,14 +65,21 @@ def _datalist_entries(path: Path) -> list[dict[str, Any]] | None:
     return entries if isinstance(entries, list) else None
 
 
+def _series_folders(folder: Path) -> list[Path]:
+    from ..io.dicom import is_dicom_series
+
+    return [p for p in sorted(folder.iterdir()) if p.is_dir() and is_dicom_series(p)]
+
+
 def is_volume_spec(spec: str | Path) -> bool:
-    """Whether a data spec names a NIfTI segmentation source (MSD folder, images/labels folder, NIfTI datalist)."""
+    """Whether a data spec names a volume segmentation source: an MSD folder, an images/labels folder of NIfTI files
+    or of DICOM series folders, or a NIfTI datalist."""
     path = Path(spec)
     if path.is_dir():
         if (path / "dataset.json").is_file():
             return True
         folder = next((path / name for name in IMAGE_FOLDERS if (path / name).is_dir()), None)
-        return folder is not None and any(_is_nifti(p) for p in folder.iterdir())
+        return folder is not None and (any(_is_nifti(p) for p in folder.iterdir()) or bool(_series_folders(folder)))
     if path.is_file() and path.suffix.lower() == ".json":
         entries = _datalist_entries(path)
         first = entries[0] if entries else None
@@ -137,12 +145,26 @@ class VolumeSource:
         return [by_id[i] for i in ids]
 
 
+def read_volume(path: Path, label: bool = False) -> Any:
+    """A NIfTI file (:func:`~medue_monai.io.nifti.read_nifti`) or a DICOM series folder
+    (:func:`~medue_monai.io.dicom.read_series`)."""
+    if path.is_dir():
+        from ..io.dicom import read_series
+
+        return read_series(path, label=label)
+    return read_nifti(path, label=label)
+
+
 def _check_pair(item_id: str, image: Path, label: Path, classes: set[int] | None = None) -> VolumeRecord:
     for path, what in ((image, "image"), (label, "label map")):
-        if not path.is_file():
+        if not path.exists():
             raise MedueError(f"{path}: {what} does not exist")
-    volume = read_nifti(image)
-    labels = read_nifti(label, label=True)
+    volume = read_volume(image)
+    labels = read_volume(label, label=True)
+    if image.is_dir():
+        from ..io.dicom import same_grid
+
+        same_grid(volume, labels)
     values = set(np.unique(labels.native).astype(int).tolist())
     if values <= {0}:
         raise MedueError(f"{label}: empty label map (no region of interest: the volume could not be protected)")
@@ -154,7 +176,14 @@ def _check_pair(item_id: str, image: Path, label: Path, classes: set[int] | None
         raise MedueError(f"{label}: label map of shape {labels.raw.shape} for an image of {volume.raw.shape} ({image})")
     if not np.allclose(labels.affine, volume.affine, atol=1e-3):
         raise MedueError(f"{label}: label map is on another grid than {image} (affines differ)")
-    return VolumeRecord(item_id, image, label, tuple(int(s) for s in volume.raw.shape), str(volume.raw.dtype))
+    return VolumeRecord(
+        item_id,
+        image,
+        label,
+        tuple(int(s) for s in volume.raw.shape),
+        str(volume.raw.dtype),
+        format="DICOM" if image.is_dir() else "NIfTI",
+    )
 
 
 def _load_pairs(
@@ -210,6 +239,14 @@ def load_volume_source(data: str | Path, data_root: str | Path | None = None) ->
         labels = next((path / name for name in LABEL_FOLDERS if (path / name).is_dir()), None)
         if images is None or labels is None:
             raise MedueError(f"{path}: a volume folder needs images/ and labels/ (or masks/) subfolders")
+        series = _series_folders(images)
+        if series:  # one DICOM series folder per case, its mask series under the same name
+            pairs = []
+            for image in series:
+                if not (labels / image.name).is_dir():
+                    raise MedueError(f"{image}: image series has no mask series in {labels}")
+                pairs.append((image.name, image, labels / image.name))
+            return _load_pairs(path, pairs, path.name, "dicom")
         by_stem = {_stem(p): p for p in labels.iterdir() if _is_nifti(p)}
         pairs = []
         for image in sorted(p for p in images.iterdir() if _is_nifti(p)):
@@ -356,10 +393,10 @@ class VolumeDataset(Dataset):
             return (labels > 0).astype(np.float32)
         return np.isin(labels, self.roi_classes).astype(np.float32)
 
-    def load(self, record: VolumeRecord) -> tuple[NiftiVolume, np.ndarray, tuple[float, float]]:
+    def load(self, record: VolumeRecord) -> tuple[Any, np.ndarray, tuple[float, float]]:
         """``(volume, ROI at the original size, intensity bounds)`` of one record."""
-        volume = read_nifti(record.image)
-        labels = read_nifti(record.label, label=True).native
+        volume = read_volume(record.image)
+        labels = read_volume(record.label, label=True).native
         return volume, self.roi(labels), self.intensity.bounds(volume.native, volume.raw.dtype)
 
     def __getitem__(self, index: int) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Releases of NIfTI volume sources: each protected volume written with its source header, in native units.
+"""Releases of volume sources: each protected NIfTI volume written with its source header and each DICOM series as
+copies of its source datasets, in native units.
 
 The protector's perturbation (in [0, 1] units at the working size) is cropped back to the volume's grid (the
 working size only pads), confined to the method's region of the label map, scaled to native units by the
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from ..io.manifest import build_manifest, protector_record, write_manifest
-from ..io.nifti import NiftiVolume, write_nifti_like
+from ..io.nifti import write_nifti_like
 from ..io.paths import inside
 from ..protectors.masks import region_mask
 
@@ -29,14 +30,18 @@ def _suffix(path: Path) -> str:
     return ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
 
 
-def native_change(volume: NiftiVolume, change: np.ndarray, budget: float) -> np.ndarray:
+def native_change(
+    volume: Any, change: np.ndarray, budget: float, stored_range: tuple[int, int] | None = None
+) -> np.ndarray:
     """New stored values for a volume: ``change`` (native units) clipped to ``+-budget`` and written in the
     stored dtype, so the written native change never exceeds ``budget``.
 
     Args:
-        volume: the source volume.
+        volume: the source volume (:class:`~medue_monai.io.nifti.NiftiVolume` or
+            :class:`~medue_monai.io.dicom.DicomSeries`: ``raw``, ``slope``).
         change: float change in native units, the volume's shape.
         budget: the largest allowed native change (> 0).
+        stored_range: the stored values allowed (DICOM's BitsStored), default the dtype's range.
 
     Returns:
         The new stored values (the source's dtype).
@@ -47,9 +52,10 @@ def native_change(volume: NiftiVolume, change: np.ndarray, budget: float) -> np.
     change = np.clip(change / volume.slope, -stored_budget, stored_budget)
     if np.issubdtype(raw.dtype, np.integer):
         info = np.iinfo(raw.dtype)
+        low, high = stored_range if stored_range is not None else (info.min, info.max)
         limit = np.floor(stored_budget + 1e-6)
         step = np.clip(np.rint(change), -limit, limit)
-        return np.clip(raw.astype(np.float64) + step, info.min, info.max).astype(raw.dtype)
+        return np.clip(raw.astype(np.float64) + step, low, high).astype(raw.dtype)
     written = (raw.astype(np.float64) + change).astype(raw.dtype)
     over = np.abs(written.astype(np.float64) - raw) > stored_budget
     while over.any():  # float rounding may land one ulp past the budget: step back towards the source
@@ -103,11 +109,20 @@ def write_volume_release(run, folder: Path, protector_file: str | Path, fit: dic
                     mask = torch.from_numpy(roi)[None, None]
                     unit = unit * region_mask(mask, region, radius)[0, 0].numpy()
                 limit = run.eps_native if run.eps_native is not None else eps * (high - low)
-                written = native_change(volume, unit * (high - low), limit)
-                name = f"{record.id}{_suffix(record.image)}"
-                write_nifti_like(volume, written, inside(images_dir, name, "image path"))
-                label_name = f"{record.id}{_suffix(record.label)}"
-                shutil.copyfile(record.label, inside(labels_dir, label_name, "label path"))
+                if record.format == "DICOM":
+                    from ..io.dicom import stored_range, write_series_like
+
+                    written = native_change(volume, unit * (high - low), limit, stored_range(volume))
+                    name = label_name = record.id
+                    salt = f"{run.method}:{sorted(protector.config().items())}"
+                    write_series_like(volume, written, inside(images_dir, name, "image path"), run.method, salt)
+                    shutil.copytree(record.label, inside(labels_dir, label_name, "label path"))
+                else:
+                    written = native_change(volume, unit * (high - low), limit)
+                    name = f"{record.id}{_suffix(record.image)}"
+                    write_nifti_like(volume, written, inside(images_dir, name, "image path"))
+                    label_name = f"{record.id}{_suffix(record.label)}"
+                    shutil.copyfile(record.label, inside(labels_dir, label_name, "label path"))
                 difference = (written.astype(np.float64) - volume.raw) * volume.slope
                 native_max = float(np.abs(difference).max())
                 unit_change = difference / (high - low)
@@ -125,22 +140,20 @@ def write_volume_release(run, folder: Path, protector_file: str | Path, fit: dic
                     "native_budget": limit,
                     "max_abs_change_native": native_max,
                     "changed_voxels": int(np.count_nonzero(difference)),
+                    "format": record.format,
                 }
     apply_seconds = time.perf_counter() - started
     import json
 
-    (folder / "dataset.json").write_text(
-        json.dumps(
-            {
-                "name": f"{source.name} (protected with {run.method})",
-                "tensorImageSize": "3D",
-                "numTraining": len(items),
-                "training": [{"image": f"./{e['image']}", "label": f"./{e['label']}"} for e in items.values()],
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    if all(e["format"] != "DICOM" for e in items.values()):  # an MSD-style list of the NIfTI pairs
+        listing = [{"image": f"./{e['image']}", "label": f"./{e['label']}"} for e in items.values()]
+        content = {
+            "name": f"{source.name} (protected with {run.method})",
+            "tensorImageSize": "3D",
+            "numTraining": len(items),
+            "training": listing,
+        }
+        (folder / "dataset.json").write_text(json.dumps(content, indent=2) + "\n")
     mse = squared / max(values, 1)
     realized = {
         "linf_max": largest_unit,
