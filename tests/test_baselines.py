@@ -96,7 +96,7 @@ REAL_GET_SEGMENTER = surrogate_module.get_segmenter
 @pytest.fixture(autouse=True)
 def tiny_networks(monkeypatch):
     """Swap the ResNet-18 / UNet surrogates for tiny conv nets (the logic under test is network-agnostic)."""
-    monkeypatch.setattr(surrogate_module, "get_classifier", lambda name, c, k, size: _TinyClassifier(c, k))
+    monkeypatch.setattr(surrogate_module, "get_classifier", lambda name, c, k, size, *dims: _TinyClassifier(c, k))
     monkeypatch.setattr(surrogate_module, "get_segmenter", _tiny_segmenter)
     monkeypatch.setattr(em_seg_module, "get_segmenter", _tiny_segmenter)
 

@@ -165,6 +165,10 @@ def _check_pair(item_id: str, image: Path, label: Path, classes: set[int] | None
         from ..io.dicom import same_grid
 
         same_grid(volume, labels)
+    if labels.raw.shape != volume.raw.shape:
+        raise MedueError(f"{label}: label map of shape {labels.raw.shape} for an image of {volume.raw.shape} ({image})")
+    if not np.allclose(labels.affine, volume.affine, atol=1e-3):
+        raise MedueError(f"{label}: label map is on another grid than {image} (affines differ)")
     values = set(np.unique(labels.native).astype(int).tolist())
     if values <= {0}:
         raise MedueError(f"{label}: empty label map (no region of interest: the volume could not be protected)")
@@ -172,10 +176,6 @@ def _check_pair(item_id: str, image: Path, label: Path, classes: set[int] | None
         raise MedueError(
             f"{label}: label values {sorted(values - classes)} are not among the declared classes {sorted(classes)}"
         )
-    if labels.raw.shape != volume.raw.shape:
-        raise MedueError(f"{label}: label map of shape {labels.raw.shape} for an image of {volume.raw.shape} ({image})")
-    if not np.allclose(labels.affine, volume.affine, atol=1e-3):
-        raise MedueError(f"{label}: label map is on another grid than {image} (affines differ)")
     return VolumeRecord(
         item_id,
         image,
