@@ -14,6 +14,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, MRImageStorage, generate_uid
 
 from medue_monai.cli import main
+from medue_monai.io.dicom import save_dataset
 from medue_monai.pipeline import protect
 
 CHANGEABLE = {"PixelData", "ImageType", "DerivationDescription", "SOPInstanceUID", "SeriesInstanceUID"}
@@ -39,7 +40,7 @@ def _slice(path: Path, pixels: np.ndarray, z: float, series_uid: str, study_uid:
     dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
     dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 12, 11, 0
     dataset.PixelData = pixels.astype(np.uint16).tobytes()
-    dataset.save_as(path, enforce_file_format=True)
+    save_dataset(dataset, path, file_format=True)
 
 
 def _case(root: Path, name: str, slices: int = 8, seed: int = 0) -> None:
@@ -140,7 +141,7 @@ def test_umed_protects_two_tcia_mr_series_with_their_masks(shared_data, tmp_path
             for file in files[part]:
                 dataset = pydicom.dcmread(file)
                 dataset.SeriesInstanceUID = uid
-                dataset.save_as(source / folder / name / file.name, enforce_file_format=False)
+                save_dataset(dataset, source / folder / name / file.name)
     out = tmp_path / "release"
     argv = ["protect", "--method", "umed", "--data", str(source), "--out", str(out), "--epochs", "1"]
     assert main([*argv, "--eps-native", "20", "--include-test", "--device", "cpu", "--no-progress"]) == 0
@@ -157,28 +158,28 @@ def _break(root: Path, problem: str) -> None:
     elif problem == "no_pixels":
         dataset = pydicom.dcmread(files[3])
         del dataset.PixelData
-        dataset.save_as(files[3], enforce_file_format=False)
+        save_dataset(dataset, files[3])
     elif problem == "compressed":
         dataset = pydicom.dcmread(files[3])
         dataset.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
         dataset.PixelData = encapsulate([b"\xff\xd8\xff\xd9"])  # a (tiny) JPEG frame
-        dataset.save_as(files[3], enforce_file_format=False)
+        save_dataset(dataset, files[3])
     elif problem == "missing_slice":
         files[4].unlink()
     elif problem == "duplicated_slice":
         shutil.copyfile(files[4], folder / "copy.dcm")
         dataset = pydicom.dcmread(folder / "copy.dcm")
         dataset.SOPInstanceUID = generate_uid()
-        dataset.save_as(folder / "copy.dcm", enforce_file_format=False)
+        save_dataset(dataset, folder / "copy.dcm")
     elif problem == "mixed_series":
         dataset = pydicom.dcmread(files[2])
         dataset.SeriesInstanceUID = generate_uid()
-        dataset.save_as(files[2], enforce_file_format=False)
+        save_dataset(dataset, files[2])
     elif problem == "mask_grid":  # the whole mask series shifted by 1 mm: evenly spaced, but not on the grid
         for mask in sorted((root / "masks" / "caseA").iterdir()):
             dataset = pydicom.dcmread(mask)
             dataset.ImagePositionPatient = [0.0, 0.0, float(dataset.ImagePositionPatient[2]) + 1.0]
-            dataset.save_as(mask, enforce_file_format=False)
+            save_dataset(dataset, mask)
     elif problem == "no_mask":
         shutil.rmtree(root / "masks" / "caseA")
 

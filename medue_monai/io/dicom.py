@@ -25,7 +25,25 @@ import numpy as np
 
 from ..utils import MedueError
 
-__all__ = ["DicomSeries", "is_dicom_series", "read_series", "same_grid", "stored_range", "write_series_like"]
+__all__ = [
+    "DicomSeries",
+    "is_dicom_series",
+    "read_series",
+    "same_grid",
+    "save_dataset",
+    "stored_range",
+    "write_series_like",
+]
+
+
+def save_dataset(dataset, path: str | Path, file_format: bool = False) -> None:
+    """Write a pydicom dataset as it is (``file_format=True``: with a standard file meta header), with pydicom 3 or 2
+    (MONAI Label's dependencies still need pydicom 2)."""
+    try:
+        dataset.save_as(path, enforce_file_format=file_format)
+    except TypeError:  # pydicom 2
+        dataset.save_as(path, write_like_original=not file_format)
+
 
 _UNCOMPRESSED = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
 
@@ -229,5 +247,5 @@ def write_series_like(series: DicomSeries, raw: np.ndarray, folder: str | Path, 
         dataset.SeriesInstanceUID = series_uid
         if getattr(dataset, "file_meta", None) is not None:
             dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-        dataset.save_as(folder / path.name, enforce_file_format=False)
+        save_dataset(dataset, folder / path.name)
     return folder
